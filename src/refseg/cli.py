@@ -1,0 +1,69 @@
+"""The ``refseg`` command line: one parser, one sub-command module per command.
+
+Each module in :mod:`refseg.commands` exposes ``add_parser(subparsers)`` which registers a
+sub-parser and sets ``func=run``; ``run(args) -> int`` does the work. User errors
+(:class:`refseg.errors.RefsegError`) become one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from refseg import __version__
+from refseg.errors import RefsegError
+
+# Sub-command modules under refseg.commands, in the order `refseg --help` lists them.
+COMMAND_MODULES = ("segment", "data", "train", "score", "eval", "merge", "serve")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="refseg", description="Referring image segmentation: segment what you describe."
+    )
+    parser.add_argument("--version", action="version", version=f"refseg {__version__}")
+    parser.add_argument(
+        "--debug", action="store_true", help="show full tracebacks instead of one-line errors"
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"refseg.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"refseg.commands.{name}":
+                continue  # command not available in this build
+            raise
+        module.add_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except RefsegError as exc:
+        if args.debug:
+            raise
+        print(f"refseg: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("refseg: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # unexpected: still one line, with a hint to get the traceback
+        if args.debug:
+            raise
+        print(
+            f"refseg: internal error: {type(exc).__name__}: {exc} (rerun with --debug for details)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Sub-commands of the ``refseg`` CLI; see :mod:`refseg.cli`."""
