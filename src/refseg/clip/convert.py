@@ -1,0 +1,123 @@
+"""Third-party checkpoint keys mapped onto refseg's (OpenAI's) names, in one place.
+
+Hugging Face ``CLIPModel`` keys are renamed and its separate q/k/v projections are
+concatenated into ``in_proj_weight``; its architecture comes from ``config.json``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from refseg.clip.config import CLIPConfig, PreprocessConfig, TextConfig, VisionConfig
+from refseg.errors import CheckpointFormatError
+
+# Renames inside one transformer block (HF -> OpenAI).
+_BLOCK_RENAMES = {
+    "self_attn.out_proj": "attn.out_proj",
+    "layer_norm1": "ln_1",
+    "layer_norm2": "ln_2",
+    "mlp.fc1": "mlp.c_fc",
+    "mlp.fc2": "mlp.c_proj",
+}
+_TOP_RENAMES = {
+    "text_model.embeddings.token_embedding.weight": "token_embedding.weight",
+    "text_model.embeddings.position_embedding.weight": "positional_embedding",
+    "text_model.final_layer_norm.weight": "ln_final.weight",
+    "text_model.final_layer_norm.bias": "ln_final.bias",
+    "vision_model.embeddings.class_embedding": "visual.class_embedding",
+    "vision_model.embeddings.patch_embedding.weight": "visual.conv1.weight",
+    "vision_model.embeddings.position_embedding.weight": "visual.positional_embedding",
+    "vision_model.pre_layrnorm.weight": "visual.ln_pre.weight",
+    "vision_model.pre_layrnorm.bias": "visual.ln_pre.bias",
+    "vision_model.post_layernorm.weight": "visual.ln_post.weight",
+    "vision_model.post_layernorm.bias": "visual.ln_post.bias",
+    "logit_scale": "logit_scale",
+}
+_LAYER_KEY = re.compile(r"(text_model|vision_model)\.encoder\.layers\.(\d+)\.(.+)")
+
+
+def is_hf_state_dict(state_dict: Mapping[str, Any]) -> bool:
+    return any(k.startswith(("text_model.", "vision_model.")) for k in state_dict)
+
+
+def convert_hf_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """HF ``CLIPModel`` weights -> OpenAI-named weights (unknown keys raise)."""
+    out: dict[str, torch.Tensor] = {}
+    qkv: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+    for key, value in state_dict.items():
+        if key.endswith("position_ids"):
+            continue  # a buffer, not a weight
+        if key in _TOP_RENAMES:
+            out[_TOP_RENAMES[key]] = value
+        elif key == "text_projection.weight":
+            out["text_projection"] = value.t().contiguous()
+        elif key == "visual_projection.weight":
+            out["visual.proj"] = value.t().contiguous()
+        elif match := _LAYER_KEY.fullmatch(key):
+            tower, index, rest = match.groups()
+            prefix = (
+                "" if tower == "text_model" else "visual."
+            ) + f"transformer.resblocks.{index}."
+            if rest.startswith("self_attn.") and rest.split(".")[1] in (
+                "q_proj",
+                "k_proj",
+                "v_proj",
+            ):
+                _, proj, kind = rest.split(".")
+                qkv.setdefault((prefix, kind), {})[proj] = value
+                continue
+            for old, new in _BLOCK_RENAMES.items():
+                if rest.startswith(old + "."):
+                    out[prefix + new + rest[len(old) :]] = value
+                    break
+            else:
+                raise CheckpointFormatError(f"unexpected key in Hugging Face CLIP weights: {key}")
+        else:
+            raise CheckpointFormatError(f"unexpected key in Hugging Face CLIP weights: {key}")
+    for (prefix, kind), parts in qkv.items():
+        if set(parts) != {"q_proj", "k_proj", "v_proj"}:
+            raise CheckpointFormatError(f"incomplete q/k/v projections under {prefix}")
+        name = "in_proj_weight" if kind == "weight" else "in_proj_bias"
+        out[prefix + "attn." + name] = torch.cat(
+            [parts["q_proj"], parts["k_proj"], parts["v_proj"]], dim=0
+        )
+    return out
+
+
+def config_from_hf(hf_config: Mapping[str, Any]) -> CLIPConfig:
+    """refseg config from an HF CLIP ``config.json`` dict."""
+    try:
+        text, vision = hf_config["text_config"], hf_config["vision_config"]
+        act = text.get("hidden_act", "quick_gelu")
+        if vision.get("hidden_act", act) != act:
+            raise CheckpointFormatError("text and vision towers use different activations")
+        if act not in ("quick_gelu", "gelu"):
+            raise CheckpointFormatError(f"unsupported activation {act!r}")
+        image_size = int(vision.get("image_size", 224))
+        return CLIPConfig(
+            embed_dim=int(hf_config.get("projection_dim", 512)),
+            vision=VisionConfig(
+                image_size=image_size,
+                layers=int(vision["num_hidden_layers"]),
+                width=int(vision["hidden_size"]),
+                heads=int(vision["num_attention_heads"]),
+                patch_size=int(vision["patch_size"]),
+                mlp_width=int(vision.get("intermediate_size", 4 * int(vision["hidden_size"]))),
+            ),
+            text=TextConfig(
+                context_length=int(text.get("max_position_embeddings", 77)),
+                vocab_size=int(text["vocab_size"]),
+                width=int(text["hidden_size"]),
+                heads=int(text["num_attention_heads"]),
+                layers=int(text["num_hidden_layers"]),
+                mlp_width=int(text.get("intermediate_size", 4 * int(text["hidden_size"]))),
+            ),
+            preprocess=PreprocessConfig(image_size=image_size),
+            quick_gelu=act == "quick_gelu",
+        )
+    except KeyError as exc:
+        raise CheckpointFormatError(f"HF CLIP config.json lacks {exc.args[0]!r}") from None
