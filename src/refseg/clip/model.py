@@ -165,7 +165,7 @@ class VisionTransformer(nn.Module):
         return self.transformer.layers
 
     def embed(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Pixels ``[B, 3, H, W]`` -> tokens ``[B, 1 + h*w, C]`` (class token first, after ln_pre)."""
+        """Pixels ``[B, 3, H, W]`` -> tokens ``[B, 1 + h*w, C]`` (class token first)."""
         x = self.conv1(pixels.to(self.conv1.weight.dtype))  # [B, C, h, w]
         grid = (x.shape[-2], x.shape[-1])
         x = x.flatten(2).transpose(1, 2)  # [B, h*w, C]
