@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 
-from refseg.errors import InputError
 from refseg.data.phrasecut import PhraseCutDataset, polygons_to_mask
 from refseg.data.refer import (
     DEFAULT_SPLIT_BY,
@@ -21,6 +20,7 @@ from refseg.data.refer import (
     ReferDataset,
     Referent,
 )
+from refseg.errors import InputError
 
 __all__ = [
     "DEFAULT_SPLIT_BY",
