@@ -191,6 +191,13 @@ def test_bad_split_lists_valid_splits(golden_dataset, tmp_path, capsys):
     assert "valid splits: train, val, testA, testB" in capsys.readouterr().err
 
 
+def test_empty_split_is_an_error(golden_dataset, tmp_path, capsys):
+    root, _ = golden_dataset
+    argv = ["score", "--dataset", str(root), "--name", "refcoco", "--split", "train"]
+    assert main([*argv, "--predictions", str(write_json(tmp_path / "p.json", []))]) == 2
+    assert "refcoco train has no expressions" in capsys.readouterr().err
+
+
 def test_metrics_file_is_replaced_atomically(golden_dataset, tmp_path):
     root, cases = golden_dataset
     out_dir = tmp_path / "out"

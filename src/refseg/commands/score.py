@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from refseg.data import open_dataset
+from refseg.errors import DatasetError
 from refseg.eval.metrics import MetricsResult
 from refseg.eval.predictions import read_predictions, score_predictions, write_json_atomic
 
@@ -48,6 +49,8 @@ def run(args: argparse.Namespace) -> int:
     dataset = open_dataset(
         args.dataset, args.name, args.split, split_by=args.split_by, image_dir=args.images
     )
+    if dataset.num_expressions == 0:
+        raise DatasetError(f"{args.name} {args.split} has no expressions; nothing to score")
     predictions = read_predictions(args.predictions)
     report = score_predictions(dataset, predictions)
     if report.unmatched_sent_ids:
