@@ -31,7 +31,7 @@ def resize_for_clip(image: Image.Image, size: int, mode: str = "center_crop") ->
 
 def normalize(array: np.ndarray, config: PreprocessConfig) -> torch.Tensor:
     """``uint8 [H, W, 3]`` -> normalised ``float32 [3, H, W]``."""
-    pixels = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).float() / 255.0
+    pixels = torch.from_numpy(np.array(array, dtype=np.uint8)).permute(2, 0, 1).float() / 255.0
     mean = torch.tensor(config.mean).view(3, 1, 1)
     std = torch.tensor(config.std).view(3, 1, 1)
     return (pixels - mean) / std

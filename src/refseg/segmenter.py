@@ -1,0 +1,278 @@
+"""``Segmenter``: set an image once, ask many questions.
+
+    seg = Segmenter.from_pretrained(clip="ViT-B/32", proposals="sam")
+    seg.set_image(Image.open("photo.jpg"))
+    for result in seg.query(["the man in the red shirt", "the car on the left"]):
+        result.save_overlay(image, "overlay.png")
+
+Proposals and every visual feature are computed once per image and reused by all its
+expressions, methods and hyper-parameter values; text features are cached per sentence.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any, overload
+
+import numpy as np
+import torch
+
+from refseg.clip import LoadedClip, load_clip
+from refseg.errors import InputError
+from refseg.image_io import ImageSource, cap_pixels, load_image
+from refseg.masks import resize_masks
+from refseg.methods import GlobalLocalConfig, ImageContext, TextBatch, resolve_method
+from refseg.proposals import MaskProposals, ProposalGenerator, create_proposals
+from refseg.results import SegmentationResult
+from refseg.text import PhraseExtractor
+
+# Images above this many pixels are downscaled for proposals and features; masks are mapped
+# back to the original size. 2048 x 2048 keeps SAM and the crops affordable.
+DEFAULT_MAX_PIXELS = 2048 * 2048
+# Sentences whose CLIP text features are kept between queries.
+TEXT_CACHE_SIZE = 4096
+
+
+class Segmenter:
+    """Referring segmentation with a CLIP, a proposal generator and a method.
+
+    Args:
+        clip: a loaded CLIP (see :func:`refseg.clip.load_clip`).
+        proposals: a generator, or ``None`` to pass proposals to :meth:`set_image` yourself.
+        method: a registered method name (see :func:`refseg.methods.available_methods`).
+        config: alpha, beta, k and normalisation (paper defaults).
+        phrases: target noun phrase extractor; default auto-detects a spaCy pipeline.
+        max_pixels: downscale larger images to this many pixels.
+    """
+
+    def __init__(
+        self,
+        clip: LoadedClip,
+        proposals: ProposalGenerator | None = None,
+        method: str = "global-local",
+        config: GlobalLocalConfig | None = None,
+        phrases: PhraseExtractor | None = None,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    ) -> None:
+        self.clip = clip
+        self.proposals = proposals
+        self.method = method
+        self.config = config or GlobalLocalConfig()
+        resolve_method(method, self.config)  # fail early on an unknown name
+        # The reference returns the whole sentence when no chunk holds the root noun.
+        self.phrases = phrases or PhraseExtractor(fallback="sentence")
+        self.max_pixels = max_pixels
+        self.context: ImageContext | None = None
+        self._text_cache: OrderedDict[str, tuple[str, str, torch.Tensor, torch.Tensor]] = (
+            OrderedDict()
+        )
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        clip: str | os.PathLike = "ViT-B/32",
+        proposals: str | ProposalGenerator | None = "superpixel",
+        method: str = "global-local",
+        *,
+        alpha: float | None = None,
+        beta: float | None = None,
+        k: int | None = None,
+        normalization: str | None = None,
+        device: str | None = None,
+        dtype: torch.dtype | None = None,
+        spacy_pipeline: str | None = None,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        proposal_options: dict[str, Any] | None = None,
+    ) -> Segmenter:
+        """Build from names: a CLIP name or path, a proposal generator name or JSON file."""
+        values = {"alpha": alpha, "beta": beta, "k": k, "normalization": normalization}
+        try:
+            config = replace(
+                GlobalLocalConfig(), **{k_: v for k_, v in values.items() if v is not None}
+            )
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+        loaded = load_clip(clip, device=device, dtype=dtype)
+        generator = (
+            create_proposals(proposals, **(proposal_options or {}))
+            if isinstance(proposals, str)
+            else proposals
+        )
+        phrases = PhraseExtractor(spacy_pipeline, fallback="sentence")
+        return cls(loaded, generator, method, config, phrases, max_pixels)
+
+    # ----------------------------------------------------------------- image side
+    @torch.inference_mode()
+    def set_image(
+        self,
+        image: ImageSource,
+        *,
+        image_key: Any = None,
+        proposals: MaskProposals | None = None,
+    ) -> ImageContext:
+        """Load ``image``, generate its proposals, and keep it for :meth:`query`.
+
+        Args:
+            image: path, bytes, PIL image or array (any mode; converted to RGB).
+            image_key: id or file name for generators that look masks up (file, gt).
+            proposals: masks to use instead of running the generator; their size must be
+                the image's (original) size.
+        """
+        rgb = load_image(image)
+        original_size = (rgb.height, rgb.width)
+        working, _ = cap_pixels(rgb, self.max_pixels)
+        working_size = (working.height, working.width)
+        if proposals is None:
+            if self.proposals is None:
+                raise InputError("no proposal generator configured: pass proposals= to set_image")
+            proposals = self.proposals(working, image_key=image_key)
+        if proposals.image_size not in (working_size, original_size):
+            raise InputError(
+                f"proposal masks are {proposals.image_size}; the image is {original_size}"
+            )
+        if proposals.image_size != working_size:
+            proposals = replace(proposals, masks=resize_masks(proposals.masks, working_size))
+        if len(proposals) == 0:
+            warnings.warn("no mask proposals for this image: results will be empty", stacklevel=2)
+        pixels = self.clip.preprocess(working, mode="squash")[None]
+        self.context = ImageContext(working, original_size, pixels, proposals, key=image_key)
+        return self.context
+
+    # ------------------------------------------------------------------ text side
+    def _encode_texts(self, texts: Sequence[str]) -> TextBatch:
+        missing = [t for t in dict.fromkeys(texts) if t not in self._text_cache]
+        if missing:
+            normalised = [self.phrases.normalise(t) for t in missing]
+            phrases = self.phrases.batch(missing)
+            phrases = [p or n for p, n in zip(phrases, normalised, strict=True)]
+            for text, norm in zip(missing, normalised, strict=True):
+                if self.clip.tokenizer.truncated(norm):
+                    warnings.warn(
+                        f"expression longer than CLIP's {self.clip.tokenizer.context_length} "
+                        f"tokens was truncated: {text[:60]!r}...",
+                        stacklevel=3,
+                    )
+            features = self.clip.encode_texts([*normalised, *phrases])
+            for i, text in enumerate(missing):
+                self._text_cache[text] = (
+                    normalised[i],
+                    phrases[i],
+                    features[i],
+                    features[len(missing) + i],
+                )
+        for text in texts:
+            self._text_cache.move_to_end(text)
+        while len(self._text_cache) > TEXT_CACHE_SIZE:
+            self._text_cache.popitem(last=False)
+        entries = [self._text_cache[t] for t in texts]
+        return TextBatch(
+            texts=list(texts),
+            phrases=[e[1] for e in entries],
+            sentence_features=torch.stack([e[2] for e in entries]),
+            phrase_features=torch.stack([e[3] for e in entries]),
+        )
+
+    # -------------------------------------------------------------------- queries
+    @torch.inference_mode()
+    def scores(
+        self,
+        texts: Sequence[str],
+        *,
+        method: str | None = None,
+        **params: Any,
+    ) -> tuple[torch.Tensor, TextBatch]:
+        """Raw ``[T, N]`` scores of the current image's proposals (and the encoded texts)."""
+        context = self._require_context()
+        texts = _check_texts(texts)
+        try:
+            config = replace(self.config, **{k: v for k, v in params.items() if v is not None})
+        except (TypeError, ValueError) as exc:
+            raise InputError(str(exc)) from None
+        chosen, config = resolve_method(method or self.method, config)
+        with context.timed("text"):
+            text = self._encode_texts(texts)
+        return chosen.scores(self.clip, context, text, config).float().cpu(), text
+
+    def query(
+        self,
+        texts: str | Sequence[str],
+        *,
+        method: str | None = None,
+        alpha: float | None = None,
+        beta: float | None = None,
+        k: int | None = None,
+    ) -> list[SegmentationResult]:
+        """Segment each expression in the current image (see :meth:`set_image`)."""
+        if isinstance(texts, str):
+            texts = [texts]
+        scores, text = self.scores(texts, method=method, alpha=alpha, beta=beta, k=k)
+        context = self._require_context()
+        return [
+            self._result(context, text.texts[i], text.phrases[i], scores[i], method or self.method)
+            for i in range(len(text.texts))
+        ]
+
+    @overload
+    def segment(self, image: ImageSource, texts: str, **kwargs: Any) -> SegmentationResult: ...
+
+    @overload
+    def segment(
+        self, image: ImageSource, texts: Sequence[str], **kwargs: Any
+    ) -> list[SegmentationResult]: ...
+
+    def segment(self, image: ImageSource, texts: str | Sequence[str], **kwargs: Any) -> Any:
+        """:meth:`set_image` then :meth:`query`; one result for a string, a list for a list."""
+        image_key = kwargs.pop("image_key", None)
+        proposals = kwargs.pop("proposals", None)
+        self.set_image(image, image_key=image_key, proposals=proposals)
+        results = self.query(texts, **kwargs)
+        return results[0] if isinstance(texts, str) else results
+
+    def _require_context(self) -> ImageContext:
+        if self.context is None:
+            raise InputError("no image set: call set_image(image) first")
+        return self.context
+
+    @staticmethod
+    def _result(
+        context: ImageContext, text: str, phrase: str, scores: torch.Tensor, method: str
+    ) -> SegmentationResult:
+        values = scores.numpy().astype(np.float32)
+        proposals = context.proposals
+        if len(proposals) == 0:
+            index, score = None, None
+            mask = np.zeros(context.original_size, dtype=bool)
+            ranking = np.zeros(0, dtype=np.int64)
+        else:
+            ranking = np.argsort(-values, kind="stable")
+            index = int(ranking[0])
+            score = float(values[index])
+            mask = resize_masks(proposals.masks[index], context.original_size)
+        return SegmentationResult(
+            text=text,
+            phrase=phrase,
+            mask=mask,
+            score=score,
+            index=index,
+            ranking=ranking,
+            scores=values,
+            proposals=proposals,
+            original_size=context.original_size,
+            method=method,
+        )
+
+
+def _check_texts(texts: Sequence[str]) -> list[str]:
+    if isinstance(texts, str):
+        texts = [texts]
+    texts = list(texts)
+    if not texts:
+        raise InputError("no expression given")
+    for text in texts:
+        if not isinstance(text, str) or not text.strip():
+            raise InputError("an expression is empty: describe the object to segment")
+    return texts
