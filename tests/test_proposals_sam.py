@@ -1,0 +1,461 @@
+"""SAM automatic mask generation: AMG helpers, preprocessing, generator, checkpoint loading.
+
+The model is a tiny random ``SamModel`` (input 128x128) saved into tmp_path and loaded
+through the same directory path users take; nothing touches the network.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from refseg.errors import CheckpointFormatError, CheckpointNotFoundError, InputError, RefsegError
+from refseg.proposals import MaskProposals, create_proposals
+from refseg.proposals.amg import (
+    box_iou,
+    box_nms,
+    masks_to_boxes,
+    point_grid,
+    remove_small_regions,
+    stability_score,
+)
+from refseg.proposals.sam import (
+    SamInputTransform,
+    SamProposalConfig,
+    SamProposals,
+    resolve_sam_checkpoint,
+)
+
+transformers = pytest.importorskip("transformers")
+
+INPUT_SIZE = 128
+
+
+def _tiny_sam_config():
+    from transformers.models.sam.configuration_sam import (
+        SamConfig,
+        SamMaskDecoderConfig,
+        SamPromptEncoderConfig,
+        SamVisionConfig,
+    )
+
+    hidden = 16
+    vision = SamVisionConfig(
+        hidden_size=32, output_channels=hidden, num_hidden_layers=2, num_attention_heads=2,
+        image_size=INPUT_SIZE, patch_size=16, window_size=4, global_attn_indexes=[1],
+        num_pos_feats=hidden // 2, mlp_dim=64,
+    )
+    prompt = SamPromptEncoderConfig(
+        hidden_size=hidden, image_size=INPUT_SIZE, patch_size=16, mask_input_channels=4
+    )
+    decoder = SamMaskDecoderConfig(
+        hidden_size=hidden, mlp_dim=32, num_hidden_layers=1, num_attention_heads=2,
+        iou_head_hidden_dim=16,
+    )
+    return SamConfig(
+        vision_config=vision, prompt_encoder_config=prompt, mask_decoder_config=decoder
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_sam_dir(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    model = transformers.SamModel(_tiny_sam_config())
+    folder = tmp_path_factory.mktemp("tiny_sam")
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def image() -> Image.Image:
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, size=(40, 60, 3), dtype=np.uint8)
+    pixels[10:30, 15:40] = (250, 20, 20)  # a flat red block
+    return Image.fromarray(pixels)
+
+
+ACCEPT_ALL = dict(pred_iou_thresh=0.0, stability_score_thresh=0.0, mask_threshold=-1e4)
+
+
+# ---------------------------------------------------------------- AMG helpers
+
+
+def test_point_grid_matches_formula():
+    n = 3
+    grid = point_grid(n)
+    expected = [((k % n + 0.5) / n, (k // n + 0.5) / n) for k in range(n * n)]
+    assert grid.shape == (9, 2) and grid.dtype == torch.float32
+    assert torch.allclose(grid, torch.tensor(expected))
+    assert torch.equal(point_grid(1), torch.tensor([[0.5, 0.5]]))
+    with pytest.raises(ValueError):
+        point_grid(0)
+
+
+def test_stability_score_on_hand_built_logits():
+    logits = torch.tensor(
+        [
+            [[-2.0, -0.5, 0.5], [1.5, 3.0, 0.2]],  # >1: 2 pixels, >-1: 5 pixels
+            [[-5.0, -5.0, -5.0], [-5.0, -5.0, -5.0]],  # nothing above -1 -> 0
+            [[4.0, 4.0, -4.0], [4.0, -4.0, -4.0]],  # 3 and 3 -> 1
+        ]
+    )
+    score = stability_score(logits, mask_threshold=0.0, offset=1.0)
+    assert torch.allclose(score, torch.tensor([2 / 5, 0.0, 1.0]))
+    # Threshold 0.4, offset 0.3: > 0.7 -> {1.5, 3.0}; > 0.1 -> {0.5, 1.5, 3.0, 0.2}.
+    assert stability_score(logits[:1], 0.4, 0.3).item() == pytest.approx(2 / 4)
+
+
+def test_masks_to_boxes_uses_exclusive_ends():
+    masks = torch.zeros((3, 5, 6), dtype=torch.bool)
+    masks[0, 1:3, 2:5] = True
+    masks[1, 4, 0] = True
+    boxes = masks_to_boxes(masks)
+    expected = torch.tensor([[2, 1, 5, 3], [0, 4, 1, 5], [0, 0, 0, 0]], dtype=torch.float32)
+    assert torch.equal(boxes, expected)
+    assert masks_to_boxes(torch.zeros((0, 4, 4), dtype=torch.bool)).shape == (0, 4)
+
+
+def test_box_iou_hand_values():
+    a = torch.tensor([[0.0, 0.0, 2.0, 2.0], [0.0, 0.0, 0.0, 0.0]])
+    b = torch.tensor([[1.0, 1.0, 3.0, 3.0], [0.0, 0.0, 2.0, 2.0]])
+    iou = box_iou(a, b)
+    assert torch.allclose(iou, torch.tensor([[1 / 7, 1.0], [0.0, 0.0]]))
+
+
+def _reference_nms(boxes: list[list[float]], scores: list[float], threshold: float) -> list[int]:
+    """Brute force: repeatedly take the best remaining box, drop those overlapping it."""
+
+    def iou(p, q):
+        w = max(0.0, min(p[2], q[2]) - max(p[0], q[0]))
+        h = max(0.0, min(p[3], q[3]) - max(p[1], q[1]))
+        inter = w * h
+        union = (p[2] - p[0]) * (p[3] - p[1]) + (q[2] - q[0]) * (q[3] - q[1]) - inter
+        return inter / union if union > 0 else 0.0
+
+    remaining = list(range(len(boxes)))
+    kept = []
+    while remaining:
+        best = max(remaining, key=lambda i: (scores[i], -i))
+        kept.append(best)
+        remaining = [
+            i for i in remaining if i != best and iou(boxes[best], boxes[i]) <= threshold
+        ]
+    return kept
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.3, 0.5, 0.7, 1.0])
+def test_box_nms_equals_brute_force_reference(threshold):
+    rng = np.random.default_rng(int(threshold * 10))
+    corners = rng.uniform(0, 50, size=(60, 2))
+    sizes = rng.uniform(1, 30, size=(60, 2))
+    boxes = np.concatenate([corners, corners + sizes], axis=1)
+    boxes = np.concatenate([boxes, boxes[:5]])  # exact duplicates
+    scores = rng.uniform(0, 1, size=len(boxes))
+    scores[-2:] = scores[0]  # ties
+    keep = box_nms(torch.tensor(boxes), torch.tensor(scores), threshold)
+    assert keep.dtype == torch.int64
+    assert keep.tolist() == _reference_nms(boxes.tolist(), scores.tolist(), threshold)
+
+
+def test_box_nms_empty_input():
+    keep = box_nms(torch.zeros((0, 4)), torch.zeros(0), 0.5)
+    assert keep.shape == (0,)
+
+
+def test_remove_small_regions_fills_holes_and_drops_islands():
+    mask = np.zeros((12, 12), dtype=bool)
+    mask[1:8, 1:8] = True  # 49-pixel square ...
+    mask[4, 4] = False  # ... with a 1-pixel hole
+    mask[10:12, 10:12] = True  # 4-pixel island
+    cleaned = remove_small_regions(mask, min_area=5)
+    expected = np.zeros_like(mask)
+    expected[1:8, 1:8] = True
+    assert np.array_equal(cleaned, expected)
+    assert np.array_equal(remove_small_regions(mask, 0), mask)
+    # Only small islands: keep the largest rather than return an empty mask.
+    only_small = np.zeros((6, 6), dtype=bool)
+    only_small[0, 0] = True
+    only_small[3:5, 3:5] = True
+    assert np.array_equal(remove_small_regions(only_small, 10), np.pad(
+        np.ones((2, 2), bool), ((3, 1), (3, 1))
+    ))
+
+
+# ---------------------------------------------------------------- preprocessing
+
+
+def test_input_transform_geometry_and_normalisation():
+    transform = SamInputTransform(input_size=128)
+    assert transform.resized_size(50, 100) == (64, 128)
+    assert transform.resized_size(100, 30) == (128, 38)  # 38.4 -> 38
+    assert transform.resized_size(60, 100) == (77, 128)  # 76.8 rounds to 77, as in SAM
+    mean_colour = tuple(round(m * 255) for m in transform.pixel_mean)
+    values = transform.pixel_values(Image.new("RGB", (100, 50), mean_colour))
+    assert values.shape == (1, 3, 128, 128)
+    assert values.abs().max() < 0.01  # mean colour -> ~0, padding -> 0
+    points = transform.points_to_input(torch.tensor([[100.0, 50.0], [0.0, 25.0]]), 50, 100)
+    assert torch.allclose(points, torch.tensor([[128.0, 64.0], [0.0, 32.0]]))
+
+
+def test_preprocessing_matches_transformers_pil_processor():
+    module = pytest.importorskip("transformers.models.sam.image_processing_pil_sam")
+    processor = module.SamImageProcessorPil(
+        size={"longest_edge": INPUT_SIZE}, pad_size={"height": INPUT_SIZE, "width": INPUT_SIZE}
+    )
+    rng = np.random.default_rng(1)
+    picture = Image.fromarray(rng.integers(0, 256, size=(45, 70, 3), dtype=np.uint8))
+    reference = processor(picture, return_tensors="pt")
+    ours = SamInputTransform(input_size=INPUT_SIZE)
+    assert torch.allclose(ours.pixel_values(picture), reference["pixel_values"], atol=1e-5)
+    assert tuple(reference["reshaped_input_sizes"][0].tolist()) == ours.resized_size(45, 70)
+
+    low_res = torch.randn(1, 1, 3, 32, 32)  # [images, points, masks, h, w]
+    expected = processor.post_process_masks(
+        low_res, reference["original_sizes"], reference["reshaped_input_sizes"], binarize=False
+    )[0][0]
+    got = ours.logits_to_image(low_res[0, 0], (45, 70), (45, 70))
+    assert torch.allclose(got, expected, atol=1e-5)
+
+
+# ---------------------------------------------------------------- generator
+
+
+def test_generator_returns_valid_proposals(tiny_sam_dir, image):
+    generator = SamProposals(
+        str(tiny_sam_dir), device="cpu", points_per_side=4, pred_iou_thresh=0.0,
+        stability_score_thresh=0.0, max_proposals=5,
+    )
+    proposals, stats = generator.generate(image)
+    assert isinstance(proposals, MaskProposals)
+    assert proposals.masks.dtype == bool and proposals.image_size == (40, 60)
+    assert 1 <= len(proposals) <= 5 and stats.returned == len(proposals)
+    assert proposals.masks.reshape(len(proposals), -1).any(axis=1).all()  # no empty mask
+    assert np.all(np.diff(proposals.scores) <= 0)
+    counts = [stats.candidates, stats.after_iou, stats.after_stability, stats.pre_nms,
+              stats.after_nms, stats.returned]
+    assert counts == sorted(counts, reverse=True) and stats.candidates == 48
+    # __call__ is the protocol entry point and gives the same masks.
+    again = generator(image, image_key="ignored")
+    assert np.array_equal(again.masks, proposals.masks)
+
+
+def test_accept_all_thresholds_keep_every_candidate(tiny_sam_dir, image):
+    generator = SamProposals(
+        str(tiny_sam_dir), device="cpu", points_per_side=5, points_per_batch=7,
+        box_nms_thresh=1.0, max_proposals=None, **ACCEPT_ALL,
+    )
+    proposals, stats = generator.generate(image)
+    assert stats.points == 25
+    assert stats.candidates == stats.after_iou == stats.after_stability == 25 * 3
+    assert stats.pre_nms == stats.after_nms == len(proposals) == 75
+    assert proposals.masks.all()  # threshold -1e4: every pixel is in
+    # All 75 masks are the full image, so NMS at 0.7 keeps exactly one.
+    generator.config.box_nms_thresh = 0.7
+    assert len(generator(image)) == 1
+
+
+def test_strict_thresholds_can_return_no_proposals(tiny_sam_dir, image):
+    generator = SamProposals(str(tiny_sam_dir), device="cpu", points_per_side=2,
+                             pred_iou_thresh=1e6)
+    proposals, stats = generator.generate(image)
+    assert len(proposals) == 0 and proposals.image_size == (40, 60)
+    assert stats.candidates == 12 and stats.after_iou == 0
+
+
+def test_masks_match_transformers_processor_pipeline(tiny_sam_dir, image):
+    """One centre point: our three masks equal SamModel + transformers' own pre/post-processing."""
+    module = pytest.importorskip("transformers.models.sam.image_processing_pil_sam")
+    processor = module.SamImageProcessorPil(
+        size={"longest_edge": INPUT_SIZE}, pad_size={"height": INPUT_SIZE, "width": INPUT_SIZE}
+    )
+    generator = SamProposals(
+        str(tiny_sam_dir), device="cpu", points_per_side=1, pred_iou_thresh=0.0,
+        stability_score_thresh=0.0, box_nms_thresh=1.0, max_proposals=None,
+    )
+    ours = generator(image)
+
+    inputs = processor(image, return_tensors="pt")
+    model = generator.model
+    with torch.no_grad():
+        embeddings = model.get_image_embeddings(inputs["pixel_values"])
+        new_h, new_w = inputs["reshaped_input_sizes"][0].tolist()
+        point = torch.tensor([[[[30.0 * new_w / 60, 20.0 * new_h / 40]]]])  # the grid's centre
+        output = model(image_embeddings=embeddings, input_points=point, multimask_output=True)
+    masks = processor.post_process_masks(
+        output.pred_masks, inputs["original_sizes"], inputs["reshaped_input_sizes"]
+    )[0][0].numpy()
+    scores = output.iou_scores[0, 0].numpy()
+    order = np.argsort(-scores, kind="stable")
+    non_empty = [i for i in order if masks[i].any()]
+    assert len(ours) == len(non_empty)
+    assert np.allclose(ours.scores, scores[non_empty], atol=1e-6)
+    assert np.array_equal(ours.masks, masks[non_empty])
+
+
+def test_min_mask_region_area_cleans_masks(tiny_sam_dir, image):
+    options = dict(device="cpu", points_per_side=3, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+    raw = SamProposals(str(tiny_sam_dir), **options)(image)
+    assert any(not np.array_equal(remove_small_regions(m, 30), m) for m in raw.masks)
+    cleaned = SamProposals(str(tiny_sam_dir), min_mask_region_area=30, **options)(image)
+    assert len(cleaned) >= 1
+    for mask in cleaned.masks:
+        assert np.array_equal(remove_small_regions(mask, 30), mask)
+
+
+def test_large_image_is_handled_at_bounded_resolution(tiny_sam_dir):
+    big = Image.new("RGB", (300, 200), (10, 200, 30))  # larger than the 128 input
+    generator = SamProposals(str(tiny_sam_dir), device="cpu", points_per_side=2,
+                             pred_iou_thresh=0.0, stability_score_thresh=0.0)
+    proposals = generator(big)
+    assert proposals.image_size == (200, 300)
+
+
+def test_registry_builds_generator_with_overrides(tiny_sam_dir, image):
+    generator = create_proposals("sam", model=str(tiny_sam_dir), device="cpu",
+                                 points_per_side=2, **ACCEPT_ALL)
+    assert generator.name == "sam" and generator.config.points_per_side == 2
+    assert generator.transform.input_size == INPUT_SIZE
+
+
+def test_accepts_a_model_instance(tiny_sam_dir, image):
+    model = transformers.SamModel.from_pretrained(tiny_sam_dir)
+    from_instance = SamProposals(model, points_per_side=2, **ACCEPT_ALL)
+    from_dir = SamProposals(str(tiny_sam_dir), device="cpu", points_per_side=2, **ACCEPT_ALL)
+    assert np.array_equal(from_instance(image).masks, from_dir(image).masks)
+
+
+def test_bad_options_raise_input_error(tiny_sam_dir):
+    with pytest.raises(InputError, match="points_per_side"):
+        SamProposalConfig(points_per_side=0)
+    with pytest.raises(InputError, match="box_nms_thresh"):
+        SamProposalConfig(box_nms_thresh=1.5)
+    with pytest.raises(InputError, match="max_proposals"):
+        SamProposalConfig(max_proposals=0)
+    with pytest.raises(InputError, match="unknown SAM option.*pointz"):
+        SamProposals(str(tiny_sam_dir), device="cpu", pointz=3)
+    with pytest.raises(InputError, match="SamModel"):
+        SamProposals(42)
+
+
+# ---------------------------------------------------------------- checkpoint loading
+
+
+def _offline_empty_cache(monkeypatch, tmp_path: Path) -> Path:
+    import huggingface_hub.constants as hub_constants
+
+    cache = tmp_path / "hf" / "hub"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(cache))
+    return cache
+
+
+def test_offline_without_cache_fails_fast_with_instructions(monkeypatch, tmp_path):
+    _offline_empty_cache(monkeypatch, tmp_path)
+    start = time.perf_counter()
+    with pytest.raises(CheckpointNotFoundError) as info:
+        SamProposals("sam-vit-base")
+    assert time.perf_counter() - start < 2.0
+    message = str(info.value)
+    assert "facebook/sam-vit-base" in message and "HF_HUB_OFFLINE" in message
+    assert "hf download facebook/sam-vit-base" in message
+
+
+def test_download_failure_becomes_checkpoint_not_found(monkeypatch, tmp_path):
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    calls = []
+
+    def no_network(repo_id, **kwargs):
+        calls.append((repo_id, kwargs.get("local_files_only", False)))
+        raise LocalEntryNotFoundError("cannot reach the Hub")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", no_network)
+    with pytest.raises(CheckpointNotFoundError, match="could not download.*sam-vit-large"):
+        resolve_sam_checkpoint("sam-vit-large", cache_dir=tmp_path)
+    assert calls == [("facebook/sam-vit-large", True), ("facebook/sam-vit-large", False)]
+
+
+def test_cached_name_loads_without_network(monkeypatch, tiny_sam_dir, tmp_path, image):
+    import huggingface_hub
+
+    calls = []
+
+    def cached(repo_id, **kwargs):
+        calls.append((repo_id, kwargs.get("local_files_only", False)))
+        return str(tiny_sam_dir)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", cached)
+    generator = SamProposals("sam-vit-huge", device="cpu", cache_dir=tmp_path, points_per_side=2)
+    assert calls == [("facebook/sam-vit-huge", True)]
+    assert generator.transform.input_size == INPUT_SIZE
+
+
+def test_unknown_name_and_bad_paths(tmp_path, tiny_sam_dir):
+    with pytest.raises(CheckpointNotFoundError, match="sam-vit-base"):
+        resolve_sam_checkpoint("not-a-model")
+    weights = tmp_path / "sam_vit_b.pth"
+    weights.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointFormatError, match="is a file"):
+        resolve_sam_checkpoint(weights)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(CheckpointNotFoundError, match="no config.json"):
+        resolve_sam_checkpoint(empty)
+    other = tmp_path / "clip"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"model_type": "clip"}))
+    with pytest.raises(CheckpointFormatError, match="not SAM"):
+        resolve_sam_checkpoint(other)
+    (empty / "config.json").write_text((tiny_sam_dir / "config.json").read_text())
+    with pytest.raises(CheckpointNotFoundError, match="no weights"):
+        resolve_sam_checkpoint(empty)
+
+
+def test_mismatched_or_incomplete_weights_are_rejected(tmp_path, tiny_sam_dir):
+    from safetensors.torch import load_file, save_file
+
+    resized = tmp_path / "resized"
+    resized.mkdir()
+    config = json.loads((tiny_sam_dir / "config.json").read_text())
+    config["vision_config"]["mlp_dim"] = 48
+    (resized / "config.json").write_text(json.dumps(config))
+    (resized / "model.safetensors").write_bytes((tiny_sam_dir / "model.safetensors").read_bytes())
+    with pytest.raises(CheckpointFormatError):
+        SamProposals(str(resized), device="cpu")
+
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    (partial / "config.json").write_text((tiny_sam_dir / "config.json").read_text())
+    state = load_file(tiny_sam_dir / "model.safetensors")
+    dropped = next(key for key in state if key.startswith("mask_decoder."))
+    del state[dropped]
+    save_file(state, partial / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(CheckpointFormatError, match="missing_keys"):
+        SamProposals(str(partial), device="cpu")
+
+
+def test_missing_transformers_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "transformers", None)
+    with pytest.raises(RefsegError, match=r"pip install refseg\[sam\]"):
+        SamProposals("sam-vit-base")
+
+
+def test_importing_proposals_does_not_import_transformers():
+    code = (
+        "import sys, refseg.proposals as p, refseg.proposals.sam; p.available_proposals(); "
+        "assert 'transformers' not in sys.modules, 'transformers imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
