@@ -14,11 +14,31 @@ from refseg.methods.global_local import (
     rn_global_features,
     rn_trunk,
     vit_global_features,
-    vit_trunk,
 )
 
 # Local crops go through CLIP in chunks of this many, bounding memory for 100+ proposals.
 LOCAL_BATCH = 64
+
+
+def vit_tokens_after(clip: LoadedClip, context: ImageContext, depth: int) -> torch.Tensor:
+    """Unmasked tokens ``[1, L, C]`` after the first ``depth`` blocks, cached per depth.
+
+    A new depth continues from the deepest cached shallower state, so sweeping k embeds the
+    image once and runs each block at most once.
+    """
+    visual = clip.model.visual
+    key = ("vit-tokens", depth)
+    if key in context.cache:
+        return context.cache[key]
+    shallower = [d for (name, d) in context.cache if name == "vit-tokens" and d < depth]
+    with context.timed("trunk"):
+        if shallower:
+            start = max(shallower)
+            tokens = context.cache[("vit-tokens", start)]
+        else:
+            start, tokens = 0, visual.embed(clip.to_model(context.pixels))
+        context.cache[key] = visual.run_blocks(tokens, start, depth)
+    return context.cache[key]
 
 
 def global_features(
@@ -29,9 +49,7 @@ def global_features(
     masks = torch.from_numpy(context.proposals.masks)
     if is_vit(clip.model):
         k = min(params.k, visual.num_blocks)
-        trunk = context.cached(
-            ("vit-trunk", k), lambda: vit_trunk(visual, clip.to_model(context.pixels), k), "trunk"
-        )
+        trunk = vit_tokens_after(clip, context, visual.num_blocks - k)
         return context.cached(
             ("global", k), lambda: vit_global_features(visual, trunk, masks, k), "global"
         )
