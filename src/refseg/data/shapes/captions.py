@@ -1,0 +1,131 @@
+"""Captions for contrastive (CLIP-style) training on ShapesRef, and a streaming pair sampler.
+
+Two kinds of pairs, mimicking the two branches of Global-Local CLIP:
+
+- whole scene + a caption listing its objects or one relation between two of them;
+- one object's masked crop (:func:`render_object_crop`) + a caption of that object.
+
+Captions use the same lexicon as the referring expressions (:mod:`.words`), so a tokenizer
+built from :func:`caption_vocabulary` covers both.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from itertools import count
+
+import numpy as np
+from PIL import Image
+
+from refseg.data.shapes.config import ShapesConfig
+from refseg.data.shapes.expressions import noun_phrase
+from refseg.data.shapes.programs import RELATIONS, Filter, clearly_related
+from refseg.data.shapes.render import render_object_crop
+from refseg.data.shapes.scene import Scene, ShapeObject, sample_scene, scene_rng
+from refseg.data.shapes.words import (
+    CAPTION_PREFIXES,
+    CONJUNCTION,
+    NUMBER_WORDS,
+    OBJECT_CAPTION_TEMPLATES,
+    RELATION_PHRASES,
+    caption_vocabulary,
+    with_article,
+)
+from refseg.errors import InputError
+
+__all__ = [
+    "caption_vocabulary",
+    "object_caption",
+    "sample_training_pairs",
+    "scene_captions",
+]
+
+_OBJECT_SIZE_PROB = 0.2  # size words are rare in crop captions: a resized crop hides size
+_CROP_FRACTION = 0.5  # share of crop/caption pairs in the training stream
+
+
+def _choice(options: tuple[str, ...] | list[str], rng: np.random.Generator) -> str:
+    return options[int(rng.integers(len(options)))]
+
+
+def _join(phrases: list[str]) -> str:
+    return f" {CONJUNCTION} ".join(phrases)
+
+
+def _counted(shape: str, color: str, number: int, rng: np.random.Generator) -> str:
+    flt = Filter(shape=shape, color=color)
+    if number == 1:
+        return with_article(noun_phrase(flt, rng))
+    return f"{NUMBER_WORDS[number - 1]} {noun_phrase(flt, rng, plural_noun=True)}"
+
+
+def _object_phrase(obj: ShapeObject, rng: np.random.Generator, with_size: bool) -> str:
+    flt = Filter(shape=obj.shape, color=obj.color, size=obj.size_name if with_size else None)
+    return with_article(noun_phrase(flt, rng))
+
+
+def scene_captions(scene: Scene, rng: np.random.Generator) -> list[str]:
+    """Whole-scene captions: objects grouped and counted, objects with sizes, a relation.
+
+    E.g. "two red circles and a blue square", "a picture of a large red circle and a small
+    blue square", "a green star left of a yellow triangle" (the last only when some pair is
+    clearly related). Object order is random.
+    """
+    groups = Counter((obj.shape, obj.color) for obj in scene.objects)
+    keys = list(groups)
+    grouped = [_counted(*keys[i], groups[keys[i]], rng) for i in rng.permutation(len(keys))]
+    sized = [_object_phrase(scene.objects[i], rng, True) for i in rng.permutation(len(scene))]
+    captions = [_join(grouped), _join(sized)]
+    pairs = [
+        (i, j, relation)
+        for i in range(len(scene))
+        for j in range(len(scene))
+        for relation in RELATIONS
+        if i != j and clearly_related(scene, i, j, relation)
+    ]
+    if pairs:
+        i, j, relation = pairs[int(rng.integers(len(pairs)))]
+        target = _object_phrase(scene.objects[i], rng, False)
+        anchor = _object_phrase(scene.objects[j], rng, False)
+        captions.append(f"{target} {_choice(RELATION_PHRASES[relation], rng)} {anchor}")
+    return [_choice(CAPTION_PREFIXES, rng) + caption for caption in captions]
+
+
+def object_caption(obj: ShapeObject, rng: np.random.Generator) -> str:
+    """Caption of one object for its crop: "a red circle", sometimes "a large red circle"."""
+    phrase = _object_phrase(obj, rng, with_size=rng.random() < _OBJECT_SIZE_PROB)
+    return _choice(OBJECT_CAPTION_TEMPLATES, rng).format(a=phrase)
+
+
+def sample_training_pairs(
+    seed: int,
+    n: int | None = None,
+    *,
+    config: ShapesConfig | None = None,
+    crop_fraction: float = _CROP_FRACTION,
+    crop_size: int | None = None,
+) -> Iterator[tuple[Image.Image, str]]:
+    """Stream ``(RGB image, caption)`` pairs, one fresh scene per pair; endless if ``n=None``.
+
+    Each pair is a crop/object-caption pair with probability ``crop_fraction``, else a
+    scene/scene-caption pair. Pair ``i`` depends only on ``(seed, i)``, and the scenes come
+    from the "training" random stream, so they never coincide with a dataset written by
+    :func:`write_shapesref` with the same seed. Crops are ``crop_size`` square (default: the
+    scene size).
+    """
+    config = config or ShapesConfig()
+    if n is not None and n < 0:
+        raise InputError(f"n must be >= 0 or None; got {n}")
+    if not 0.0 <= crop_fraction <= 1.0:
+        raise InputError(f"crop_fraction must lie in [0, 1]; got {crop_fraction}")
+    size = crop_size or config.image_size
+    indices = count() if n is None else range(n)
+    for index in indices:
+        rng = scene_rng(seed, index, stream="training")
+        scene = sample_scene(rng, config)
+        if rng.random() < crop_fraction:
+            k = int(rng.integers(len(scene)))
+            yield render_object_crop(scene, k, size), object_caption(scene.objects[k], rng)
+        else:
+            yield scene.pil_image(), _choice(scene_captions(scene, rng), rng)
