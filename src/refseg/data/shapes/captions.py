@@ -86,8 +86,12 @@ def scene_captions(scene: Scene, rng: np.random.Generator) -> list[str]:
     ]
     if pairs:
         i, j, relation = pairs[int(rng.integers(len(pairs)))]
-        target = _object_phrase(scene.objects[i], rng, False)
-        anchor = _object_phrase(scene.objects[j], rng, False)
+        # Sizes only when colour and shape alone read the same ("a red star above a red star").
+        same = scene.objects[i].shape == scene.objects[j].shape and (
+            scene.objects[i].color == scene.objects[j].color
+        )
+        target = _object_phrase(scene.objects[i], rng, same)
+        anchor = _object_phrase(scene.objects[j], rng, same)
         captions.append(f"{target} {_choice(RELATION_PHRASES[relation], rng)} {anchor}")
     return [_choice(CAPTION_PREFIXES, rng) + caption for caption in captions]
 

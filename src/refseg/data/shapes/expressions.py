@@ -95,9 +95,10 @@ def candidate_programs(scene: Scene, index: int) -> dict[str, list[Program]]:
     absolute: list[Program] = [AbsoluteProgram(f, s) for f in plain for s in SIDES]
     relational: list[Program] = []
     for other in range(len(scene.objects)):
-        # Only relations the referent clearly satisfies: the rest can never be valid.
-        relations = [r for r in RELATIONS if other != index
-                     and clearly_related(scene, index, other, r)]  # fmt: skip
+        if other == index:
+            continue
+        # Only relations the referent clearly has to this anchor: the rest are never valid.
+        relations = [r for r in RELATIONS if clearly_related(scene, index, other, r)]
         anchor = _anchor_filter(scene, other) if relations else None
         if anchor is not None:
             relational += [RelationalProgram(f, r, anchor) for f in plain for r in relations]
@@ -118,11 +119,11 @@ def valid_programs(scene: Scene, index: int) -> dict[str, list[Program]]:
 
 
 def _pick(programs: list[Program], scene: Scene, rng: np.random.Generator) -> Program:
-    """A random program, preferring ones whose filter alone does not identify the referent."""
-    needed = [
-        p for p in programs
-        if p.kind == "attribute" or resolve(AttributeProgram(p.filter), scene) is None
-    ]  # fmt: skip
+    """A random program, preferring ones whose filter alone does not identify the referent.
+
+    (Attribute programs always identify it, so among them the choice is uniform.)
+    """
+    needed = [p for p in programs if resolve(AttributeProgram(p.filter), scene) is None]
     pool = needed or programs
     return pool[int(rng.integers(len(pool)))]
 
