@@ -1,0 +1,679 @@
+"""Contrastive (CLIP) training of a tiny CLIP on ShapesRef, deterministic on CPU.
+
+No pretrained CLIP can be downloaded on every machine, so refseg trains its offline demo
+models (``shapes-vit``, ``shapes-rn``) with this loop: symmetric InfoNCE with a learnable
+temperature (Radford et al. 2021, "Learning Transferable Visual Models From Natural Language
+Supervision", Fig. 3 and Sec. 2.5), AdamW with linear warm-up and cosine decay.
+
+Rendering a scene costs more than a training step of these models, so a pool of
+(image, caption) pairs is rendered once (deterministically, as ``uint8`` tensors) and every
+batch is drawn from it. Batch ``i`` is a pure function of ``(seed, i)`` and the learning rate
+a pure function of the step, so a run resumed from ``checkpoint.pt`` is bit-identical to an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import subprocess
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm import tqdm
+
+from refseg.clip.config import CLIPConfig, PreprocessConfig, TextConfig, VisionConfig
+from refseg.clip.load import save_clip
+from refseg.clip.model import CLIP
+from refseg.clip.preprocess import resize_for_clip
+from refseg.clip.tokenizer import ClipTokenizer
+from refseg.errors import CheckpointFormatError, CheckpointNotFoundError, InputError
+from refseg.train.tokenizer import DEFAULT_CONTEXT_LENGTH, DEFAULT_VOCAB_SIZE, train_bpe
+
+# ``(seed, n) -> n (RGB image, caption) pairs``; ShapesRef's ``sample_training_pairs`` is one.
+PairSource = Callable[[int, int], Iterable[tuple[Image.Image, str]]]
+
+CHECKPOINT_NAME = "checkpoint.pt"
+TRAINING_RECORD_NAME = "TRAINING.json"
+# Added to the seed for the held-out pool, so evaluation pairs are never trained on.
+HELD_OUT_SEED_OFFSET = 1_000_003
+MAX_LOGIT_SCALE = math.log(100.0)  # CLIP paper, Sec. 2.5: "clipped to prevent scaling ... > 100"
+
+
+# --------------------------------------------------------------------------- presets
+
+
+def _text_tower(vocab_size: int, context_length: int, layers: int) -> TextConfig:
+    return TextConfig(
+        context_length=context_length, vocab_size=vocab_size, width=128, heads=4, layers=layers
+    )
+
+
+def _shapes_vit(vocab_size: int, context_length: int) -> CLIPConfig:
+    """ViT with ViT-B/32's 7x7 patch grid (112 px / 16 px patches), ~2 M parameters."""
+    return CLIPConfig(
+        embed_dim=128,
+        vision=VisionConfig(image_size=112, layers=6, width=128, heads=4, patch_size=16),
+        text=_text_tower(vocab_size, context_length, layers=3),
+        preprocess=PreprocessConfig(image_size=112, resize_mode="squash"),
+        quick_gelu=True,
+    )
+
+
+def _shapes_rn(vocab_size: int, context_length: int) -> CLIPConfig:
+    """ModifiedResNet (1,1,1,1) of stem width 16: RN50's 7x7 output grid at 224 px."""
+    return CLIPConfig(
+        embed_dim=128,
+        vision=VisionConfig(image_size=224, layers=(1, 1, 1, 1), width=16, heads=8),
+        text=_text_tower(vocab_size, context_length, layers=3),
+        preprocess=PreprocessConfig(image_size=224, resize_mode="squash"),
+        quick_gelu=True,
+    )
+
+
+def _tiny_vit(vocab_size: int, context_length: int) -> CLIPConfig:
+    """For tests: seconds to train, no claim to learn anything useful."""
+    return CLIPConfig(
+        embed_dim=16,
+        vision=VisionConfig(image_size=32, layers=1, width=32, heads=2, patch_size=16),
+        text=TextConfig(
+            context_length=context_length, vocab_size=vocab_size, width=32, heads=2, layers=1
+        ),
+        preprocess=PreprocessConfig(image_size=32, resize_mode="squash"),
+    )
+
+
+def _tiny_rn(vocab_size: int, context_length: int) -> CLIPConfig:
+    """For tests: the ResNet path (BatchNorm running statistics included)."""
+    return CLIPConfig(
+        embed_dim=16,
+        vision=VisionConfig(image_size=64, layers=(1, 1, 1, 1), width=4, heads=2),
+        text=TextConfig(
+            context_length=context_length, vocab_size=vocab_size, width=32, heads=2, layers=1
+        ),
+        preprocess=PreprocessConfig(image_size=64, resize_mode="squash"),
+    )
+
+
+# Architecture presets by name: (vocab_size, context_length) -> CLIPConfig.
+PRESETS: dict[str, Callable[[int, int], CLIPConfig]] = {
+    "shapes-vit": _shapes_vit,
+    "shapes-rn": _shapes_rn,
+    "tiny-vit": _tiny_vit,
+    "tiny-rn": _tiny_rn,
+}
+
+
+def preset_config(name: str, vocab_size: int, context_length: int) -> CLIPConfig:
+    """The architecture of preset ``name``; unknown names list the valid ones."""
+    if name not in PRESETS:
+        raise InputError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return PRESETS[name](vocab_size, context_length)
+
+
+# --------------------------------------------------------------------------- configuration
+
+# Per-preset training defaults, sized to ~20 minutes on one shared CPU core (measured: a
+# shapes-vit step of 128 pairs ~1.6 s, a shapes-rn step of 64 pairs ~3.5 s at 224 px).
+PRESET_TRAINING: dict[str, dict[str, Any]] = {
+    "shapes-vit": {
+        "steps": 800,
+        "batch_size": 128,
+        "lr": 1e-3,
+        "warmup_steps": 80,
+        "pool_size": 10000,
+    },
+    "shapes-rn": {
+        "steps": 350,
+        "batch_size": 64,
+        "lr": 2e-3,
+        "warmup_steps": 35,
+        "pool_size": 6000,
+    },
+}
+
+
+@dataclass
+class ContrastiveConfig:
+    """Hyper-parameters of one training run.
+
+    Optimiser values follow the CLIP paper (Radford et al. 2021, Sec. 2.5 and Table 19):
+    AdamW, beta2 0.98, eps 1e-6, weight decay 0.2 on weights only, cosine schedule, learnable
+    temperature initialised at 0.07 and clipped at 100. Step counts, batch size and learning
+    rate are ours, sized for a few-million-parameter model trained for minutes on two CPU
+    cores.
+    """
+
+    preset: str = "shapes-vit"
+    steps: int = 1500
+    batch_size: int = 128
+    lr: float = 1e-3
+    warmup_steps: int = 100
+    weight_decay: float = 0.2
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-6
+    seed: int = 0
+    threads: int = 2
+    pool_size: int = 6000  # rendered (image, caption) pairs batches are drawn from
+    held_out_size: int = 512  # pairs for the final retrieval accuracy (another seed)
+    crop_eval_scenes: int = 100  # benchmark scenes whose object crops test colour + shape
+    vocab_size: int = DEFAULT_VOCAB_SIZE
+    context_length: int = DEFAULT_CONTEXT_LENGTH
+    checkpoint_every: int = 100
+    # Off-diagonal pairs whose captions mean the same are not negatives (crops repeat a lot).
+    mask_duplicate_captions: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.betas, list):
+            self.betas = tuple(self.betas)  # type: ignore[assignment]
+        checks = {
+            "steps": self.steps >= 1,
+            "batch_size": self.batch_size >= 2,
+            "lr": self.lr > 0,
+            "warmup_steps": self.warmup_steps >= 0,
+            "threads": self.threads >= 1,
+            "pool_size": self.pool_size >= self.batch_size,
+            "held_out_size": self.held_out_size >= 2,
+            "checkpoint_every": self.checkpoint_every >= 1,
+            "seed": self.seed >= 0,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise InputError(
+                f"invalid training option(s) {', '.join(bad)}: steps, threads and "
+                "checkpoint_every must be >= 1, batch_size >= 2, pool_size >= batch_size, "
+                "lr > 0, seed and warmup_steps >= 0"
+            )
+        preset_config(self.preset, self.vocab_size, self.context_length)  # validates the name
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def for_preset(cls, preset: str, **overrides: Any) -> ContrastiveConfig:
+        """The preset's training defaults (:data:`PRESET_TRAINING`), then ``overrides``."""
+        return cls(preset=preset, **{**PRESET_TRAINING.get(preset, {}), **overrides})
+
+
+# --------------------------------------------------------------------------- data pool
+
+
+@dataclass
+class PairPool:
+    """Rendered pairs held in memory.
+
+    Attributes:
+        images: ``uint8 [N, S, S, 3]``.
+        captions: ``N`` strings.
+        caption_ids: ``int64 [N]``, equal ids for captions with equal :func:`caption_key`.
+        tokens: ``int64 [N, context_length]`` (filled once a tokenizer exists).
+    """
+
+    images: torch.Tensor
+    captions: list[str]
+    caption_ids: torch.Tensor
+    tokens: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+
+@cache
+def _synonyms() -> dict[str, str]:
+    from refseg.data.shapes.words import SHAPE_NOUNS, SIZE_WORDS, plural
+
+    table = {}
+    for forms in (*SHAPE_NOUNS.values(), *SIZE_WORDS.values()):
+        table.update({form: forms[0] for form in forms})
+    for nouns in SHAPE_NOUNS.values():
+        table.update({plural(noun): plural(nouns[0]) for noun in nouns})
+    return table
+
+
+# Caption openings that say nothing about the picture ("a picture of a red circle").
+_EMPTY_PREFIXES = ("a picture of ", "an image of ", "a scene with ")
+
+
+def caption_key(caption: str) -> str:
+    """A caption's meaning up to wording: openings dropped, synonyms ("disk", "box",
+    "little", "big") mapped to one word, "and"-joined parts sorted.
+
+    Pairs whose captions share a key are not used as each other's negatives, and count as
+    correct in retrieval ("a red disk" for a crop captioned "an image of a red circle").
+    """
+    text = " ".join(caption.lower().split())
+    for prefix in _EMPTY_PREFIXES:
+        if text.startswith(prefix):
+            text = text[len(prefix) :]
+            break
+    synonyms = _synonyms()
+    parts = [" ".join(synonyms.get(w, w) for w in part.split()) for part in text.split(" and ")]
+    return " and ".join(sorted(parts))
+
+
+def render_pool(
+    source: PairSource, seed: int, size: int, image_size: int, progress: bool = False
+) -> PairPool:
+    """Draw ``size`` pairs from ``source`` and squash every image to ``image_size`` pixels."""
+    images, captions = [], []
+    for image, caption in tqdm(
+        source(seed, size),
+        total=size,
+        desc="rendering pairs",
+        leave=False,
+        mininterval=2,
+        disable=not progress,
+    ):
+        resized = resize_for_clip(image.convert("RGB"), image_size, "squash")
+        images.append(torch.from_numpy(np.array(resized, dtype=np.uint8)))
+        captions.append(caption)
+    if len(captions) != size:
+        raise InputError(f"the pair source gave {len(captions)} pairs; {size} were asked for")
+    index: dict[str, int] = {}
+    ids = [index.setdefault(caption_key(caption), len(index)) for caption in captions]
+    return PairPool(torch.stack(images), captions, torch.tensor(ids, dtype=torch.long))
+
+
+def default_pair_source() -> PairSource:
+    """ShapesRef's training pairs (scenes with captions, single-object crops)."""
+    try:
+        from refseg.data.shapes.captions import sample_training_pairs
+    except ImportError:
+        raise InputError(
+            "refseg.data.shapes.sample_training_pairs is not available in this install; "
+            "pass a pair source to train_contrastive"
+        ) from None
+    return sample_training_pairs
+
+
+def pixels_from_uint8(images: torch.Tensor, preprocess: PreprocessConfig) -> torch.Tensor:
+    """``uint8 [B, S, S, 3]`` -> CLIP-normalised ``float32 [B, 3, S, S]``."""
+    mean = torch.tensor(preprocess.mean).view(1, 3, 1, 1)
+    std = torch.tensor(preprocess.std).view(1, 3, 1, 1)
+    return (images.permute(0, 3, 1, 2).float() / 255.0 - mean) / std
+
+
+def trim_tokens(tokens: torch.Tensor, pad_id: int = 0) -> torch.Tensor:
+    """Drop trailing columns that are padding in every row: ``[B, L] -> [B, L']``.
+
+    Exact for CLIP's causal text tower: the end token never attends to positions after it.
+    """
+    used = (tokens != pad_id).any(dim=0).nonzero()
+    return tokens[:, : int(used.max()) + 1] if len(used) else tokens[:, :1]
+
+
+# --------------------------------------------------------------------------- loss, schedule
+
+
+def contrastive_loss(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    logit_scale: torch.Tensor,
+    caption_ids: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Symmetric InfoNCE (CLIP paper, Fig. 3).
+
+    Args:
+        image_features, text_features: ``[B, D]``, not necessarily normalised.
+        logit_scale: scalar, the log of the inverse temperature.
+        caption_ids: ``int64 [B]``; off-diagonal pairs sharing an id are masked out
+            instead of counting as negatives. ``None``: plain InfoNCE.
+
+    Returns:
+        Scalar loss, the mean of image->text and text->image cross-entropies.
+    """
+    image_features = F.normalize(image_features, dim=-1)
+    text_features = F.normalize(text_features, dim=-1)
+    logits = logit_scale.exp() * image_features @ text_features.t()  # [B, B]
+    if caption_ids is not None:
+        same = caption_ids[:, None] == caption_ids[None, :]
+        same.fill_diagonal_(False)
+        logits = logits.masked_fill(same, float("-inf"))
+    target = torch.arange(logits.shape[0])
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
+
+
+def learning_rate(step: int, config: ContrastiveConfig) -> float:
+    """Linear warm-up to ``config.lr``, then cosine decay to 0 at ``config.steps``."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    return 0.5 * config.lr * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def batch_indices(step: int, config: ContrastiveConfig, pool_size: int) -> torch.Tensor:
+    """The pool rows of batch ``step``: a pure function of ``(seed, step)``, no repeats."""
+    generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
+    return torch.randperm(pool_size, generator=generator)[: config.batch_size]
+
+
+def _optimizer(model: CLIP, config: ContrastiveConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only: no decay on gains, biases, embeddings of
+    positions, the class token or the temperature (as open_clip's ``exclude`` rule)."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if param.ndim < 2 or "embedding" in name or "logit_scale" in name:
+            no_decay.append(param)
+        else:
+            decay.append(param)
+    groups = [
+        {"params": decay, "weight_decay": config.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=config.eps)
+
+
+@contextmanager
+def deterministic_cpu(threads: int) -> Iterator[None]:
+    """Deterministic kernels and a fixed thread count, restored on exit."""
+    previous_threads = torch.get_num_threads()
+    previous_flag = torch.are_deterministic_algorithms_enabled()
+    previous_fill = torch.utils.deterministic.fill_uninitialized_memory
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True)
+    # NaN-filling every new tensor costs ~20% of a ResNet step and changes no result here.
+    torch.utils.deterministic.fill_uninitialized_memory = False
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous_threads)
+        torch.use_deterministic_algorithms(previous_flag)
+        torch.utils.deterministic.fill_uninitialized_memory = previous_fill
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@torch.inference_mode()
+def retrieval_accuracy(model: CLIP, pool: PairPool, eot_id: int, chunk: int) -> dict[str, float]:
+    """Top-1 retrieval within consecutive chunks of ``chunk`` held-out pairs.
+
+    A retrieved caption meaning the same as the true one (same :func:`caption_key`) counts as
+    correct: such duplicates are indistinguishable.
+
+    Returns:
+        ``{"image_to_text": acc, "text_to_image": acc}``, fractions in [0, 1].
+    """
+    model.eval()
+    hits_i2t = hits_t2i = total = 0
+    for start in range(0, len(pool) - 1, chunk):
+        rows = slice(start, min(start + chunk, len(pool)))
+        pixels = pixels_from_uint8(pool.images[rows], model.config.preprocess)
+        image = F.normalize(model.encode_image(pixels), dim=-1)
+        text = F.normalize(model.encode_text(trim_tokens(pool.tokens[rows]), eot_id), dim=-1)
+        sims = image @ text.t()
+        ids = pool.caption_ids[rows]
+        hits_i2t += int((ids[sims.argmax(dim=1)] == ids).sum())
+        # text -> image: right if the chosen image carries the same caption
+        hits_t2i += int((ids[sims.argmax(dim=0)] == ids).sum())
+        total += len(ids)
+    return {"image_to_text": hits_i2t / total, "text_to_image": hits_t2i / total}
+
+
+def shape_crops(seed: int, scenes: int) -> Iterator[tuple[Image.Image, str, str]]:
+    """Object crops of ShapesRef benchmark scenes (the "dataset" stream, never trained on)
+    with their colour and shape: ``(crop, color, shape)``."""
+    from refseg.data.shapes.render import render_object_crop
+    from refseg.data.shapes.scene import sample_scene, scene_rng
+
+    for index in range(scenes):
+        scene = sample_scene(scene_rng(seed, index, "dataset"))
+        for i, obj in enumerate(scene.objects):
+            yield render_object_crop(scene, i), obj.color, obj.shape
+
+
+@torch.inference_mode()
+def crop_accuracy(
+    model: CLIP,
+    tokenizer: ClipTokenizer,
+    crops: Sequence[tuple[Image.Image, str, str]],
+    colors: Sequence[str],
+    shapes: Sequence[str],
+) -> dict[str, float]:
+    """Zero-shot colour+shape classification of crops with prompts "a <color> <shape>".
+
+    Returns the fraction of crops whose best prompt has the right colour and shape
+    (``"color_shape"``), the right colour (``"color"``) and the right shape (``"shape"``).
+    """
+    from refseg.data.shapes.words import with_article
+
+    model.eval()
+    labels = [(c, s) for c in colors for s in shapes]
+    text = model.encode_text(
+        trim_tokens(tokenizer([with_article(f"{c} {s}") for c, s in labels])), tokenizer.eot_id
+    )
+    text = F.normalize(text, dim=-1)
+    size = model.config.preprocess.image_size
+    pixels = pixels_from_uint8(
+        torch.stack(
+            [torch.from_numpy(np.array(resize_for_clip(c, size, "squash"))) for c, _, _ in crops]
+        ),
+        model.config.preprocess,
+    )
+    best = [
+        labels[int(i)]
+        for i in (F.normalize(model.encode_image(pixels), dim=-1) @ text.t()).argmax(dim=1)
+    ]
+    truth = [(color, shape) for _, color, shape in crops]
+    count = len(truth)
+    return {
+        "color_shape": sum(b == t for b, t in zip(best, truth, strict=True)) / count,
+        "color": sum(b[0] == t[0] for b, t in zip(best, truth, strict=True)) / count,
+        "shape": sum(b[1] == t[1] for b, t in zip(best, truth, strict=True)) / count,
+        "crops": float(count),
+    }
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write ``state`` with ``torch.save`` through a temporary file and an atomic rename."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(path: Path, config: ContrastiveConfig) -> dict[str, Any]:
+    if not path.is_file():
+        raise CheckpointNotFoundError(
+            f"--resume: no {CHECKPOINT_NAME} in {path.parent}; run once without --resume"
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several unrelated types on bad files
+        raise CheckpointFormatError(f"cannot read {path}: {type(exc).__name__}: {exc}") from None
+    saved = state.get("config", {})
+    if saved != json.loads(json.dumps(config.to_dict())):
+        diff = sorted(
+            k
+            for k in saved.keys() | config.to_dict().keys()
+            if saved.get(k) != json.loads(json.dumps(config.to_dict().get(k)))
+        )
+        raise CheckpointFormatError(
+            f"{path} was written with other options ({', '.join(diff)} differ); resume with "
+            "the same options or start in a new --out directory"
+        )
+    return state
+
+
+def git_commit() -> str:
+    """The refseg source tree's git commit, or ``"unknown"`` outside a checkout."""
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return result.stdout.strip()
+
+
+# --------------------------------------------------------------------------- training
+
+
+@dataclass
+class TrainResult:
+    """What a run produced: the trained model, its tokenizer and the record written to
+    ``TRAINING.json``."""
+
+    model: CLIP
+    tokenizer: ClipTokenizer
+    record: dict[str, Any]
+
+
+def train_contrastive(
+    config: ContrastiveConfig,
+    out_dir: str | os.PathLike,
+    *,
+    pair_source: PairSource | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    command: str | None = None,
+    evaluate_crops: bool = True,
+) -> TrainResult:
+    """Train a CLIP preset contrastively and save it with :func:`refseg.clip.save_clip`.
+
+    Writes ``OUT/checkpoint.pt`` every ``config.checkpoint_every`` steps (model, optimiser,
+    step, RNG state, losses), then ``model.safetensors``, ``tokenizer.json`` and
+    ``TRAINING.json`` (command, seed, git commit, torch version, threads, steps, wall time,
+    final loss, held-out accuracies).
+
+    Args:
+        pair_source: ``(seed, n) -> pairs``; default ShapesRef's ``sample_training_pairs``.
+        resume: continue from ``OUT/checkpoint.pt`` (same options required).
+        evaluate_crops: also measure colour/shape accuracy on ShapesRef object crops.
+
+    Raises:
+        InputError: bad options or a pair source that gives too few pairs.
+        CheckpointError: ``resume`` without a usable checkpoint.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint_path = out / CHECKPOINT_NAME
+    state = _load_checkpoint(checkpoint_path, config) if resume else None
+    source = pair_source or default_pair_source()
+
+    with deterministic_cpu(config.threads):
+        torch.manual_seed(config.seed)
+        image_size = preset_config(config.preset, config.vocab_size, 1).vision.image_size
+        pool = render_pool(source, config.seed, config.pool_size, image_size, progress)
+        held_out = render_pool(
+            source, config.seed + HELD_OUT_SEED_OFFSET, config.held_out_size, image_size, progress
+        )
+        from refseg.data.shapes.words import caption_vocabulary
+
+        bpe = train_bpe([*caption_vocabulary(), *pool.captions], config.vocab_size)
+        tokenizer = ClipTokenizer(bpe, config.context_length)
+        pool.tokens, held_out.tokens = tokenizer(pool.captions), tokenizer(held_out.captions)
+
+        model = CLIP(preset_config(config.preset, tokenizer.vocab_size, config.context_length))
+        optimizer = _optimizer(model, config)
+        start, losses, elapsed = 0, [], 0.0
+        if state is not None:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            torch.set_rng_state(state["torch_rng"])
+            start, losses, elapsed = state["step"], list(state["losses"]), state["wall_time_s"]
+
+        def checkpoint(step: int) -> None:
+            _save_checkpoint(
+                checkpoint_path,
+                {
+                    "config": config.to_dict(),
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "step": step,
+                    "torch_rng": torch.get_rng_state(),
+                    "losses": losses,
+                    "wall_time_s": elapsed,
+                },
+            )
+
+        bar = tqdm(total=config.steps, initial=start, disable=not progress, desc=config.preset)
+        model.train()
+        for step in range(start, config.steps):
+            tic = time.perf_counter()
+            lr = learning_rate(step, config)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            rows = batch_indices(step, config, len(pool))
+            pixels = pixels_from_uint8(pool.images[rows], model.config.preprocess)
+            image_features = model.encode_image(pixels)
+            text_features = model.encode_text(trim_tokens(pool.tokens[rows]), tokenizer.eot_id)
+            ids = pool.caption_ids[rows] if config.mask_duplicate_captions else None
+            loss = contrastive_loss(image_features, text_features, model.logit_scale, ids)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            with torch.no_grad():
+                model.logit_scale.clamp_(0.0, MAX_LOGIT_SCALE)
+            losses.append(loss.item())
+            seconds = time.perf_counter() - tic
+            elapsed += seconds
+            bar.update(1)
+            bar.set_postfix(
+                loss=f"{losses[-1]:.3f}", lr=f"{lr:.2e}", img_s=f"{config.batch_size / seconds:.0f}"
+            )
+            if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
+                checkpoint(step + 1)
+        bar.close()
+
+        model.eval()
+        retrieval = retrieval_accuracy(model, held_out, tokenizer.eot_id, config.batch_size)
+        crops: dict[str, float] | None = None
+        if evaluate_crops:
+            from refseg.data.shapes.words import COLORS, SHAPES
+
+            crops = crop_accuracy(
+                model,
+                tokenizer,
+                list(shape_crops(config.seed, config.crop_eval_scenes)),
+                COLORS,
+                SHAPES,
+            )
+
+    tail = losses[-min(len(losses), 20) :]
+    record = {
+        "command": command,
+        "preset": config.preset,
+        "seed": config.seed,
+        "refseg_git_commit": git_commit(),
+        "torch_version": torch.__version__,
+        "threads": config.threads,
+        "steps": config.steps,
+        "wall_time_s": round(elapsed, 1),
+        "final_loss": round(sum(tail) / len(tail), 4),
+        "final_loss_note": f"mean training loss of the last {len(tail)} steps",
+        "first_loss": round(losses[0], 4),
+        "logit_scale": round(float(model.logit_scale.exp()), 2),
+        "held_out_retrieval": {
+            "pairs": len(held_out),
+            "chunk": config.batch_size,
+            **{k: round(v, 4) for k, v in retrieval.items()},
+        },
+        "crop_accuracy": None
+        if crops is None
+        else {"scenes": config.crop_eval_scenes, **{k: round(v, 4) for k, v in crops.items()}},
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "config": config.to_dict(),
+        "model_config": model.config.to_dict(),
+    }
+    save_clip(model, tokenizer, out, {"preset": config.preset})
+    (out / TRAINING_RECORD_NAME).write_text(json.dumps(record, indent=2) + "\n")
+    return TrainResult(model, tokenizer, record)
