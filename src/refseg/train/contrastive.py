@@ -124,15 +124,16 @@ def preset_config(name: str, vocab_size: int, context_length: int) -> CLIPConfig
 
 # --------------------------------------------------------------------------- configuration
 
-# Per-preset training defaults, sized to ~20 minutes on one shared CPU core (measured: a
-# shapes-vit step of 128 pairs ~1.6 s, a shapes-rn step of 64 pairs ~3.5 s at 224 px).
+# Per-preset training defaults, sized to ~20-30 minutes on one busy shared CPU core
+# (measured with other jobs running: a step of 64 pairs ~2-2.5 s for shapes-vit, ~6 s for
+# shapes-rn at 224 px).
 PRESET_TRAINING: dict[str, dict[str, Any]] = {
     "shapes-vit": {
-        "steps": 800,
-        "batch_size": 128,
+        "steps": 700,
+        "batch_size": 64,
         "lr": 1e-3,
-        "warmup_steps": 80,
-        "pool_size": 10000,
+        "warmup_steps": 70,
+        "pool_size": 6000,
     },
     "shapes-rn": {
         "steps": 350,
@@ -485,6 +486,11 @@ def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def _plain(data: Any) -> Any:
+    """Tuples as lists, as after a JSON round trip, so stored and live configs compare."""
+    return json.loads(json.dumps(data))
+
+
 def _load_checkpoint(path: Path, config: ContrastiveConfig) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointNotFoundError(
@@ -494,13 +500,9 @@ def _load_checkpoint(path: Path, config: ContrastiveConfig) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several unrelated types on bad files
         raise CheckpointFormatError(f"cannot read {path}: {type(exc).__name__}: {exc}") from None
-    saved = state.get("config", {})
-    if saved != json.loads(json.dumps(config.to_dict())):
-        diff = sorted(
-            k
-            for k in saved.keys() | config.to_dict().keys()
-            if saved.get(k) != json.loads(json.dumps(config.to_dict().get(k)))
-        )
+    saved, current = _plain(state.get("config", {})), _plain(config.to_dict())
+    if saved != current:
+        diff = sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k))
         raise CheckpointFormatError(
             f"{path} was written with other options ({', '.join(diff)} differ); resume with "
             "the same options or start in a new --out directory"
@@ -563,6 +565,7 @@ def train_contrastive(
         InputError: bad options or a pair source that gives too few pairs.
         CheckpointError: ``resume`` without a usable checkpoint.
     """
+    commit = git_commit()  # the code that runs, even if the tree moves on meanwhile
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     checkpoint_path = out / CHECKPOINT_NAME
@@ -653,7 +656,7 @@ def train_contrastive(
         "command": command,
         "preset": config.preset,
         "seed": config.seed,
-        "refseg_git_commit": git_commit(),
+        "refseg_git_commit": commit,
         "torch_version": torch.__version__,
         "threads": config.threads,
         "steps": config.steps,
@@ -661,7 +664,7 @@ def train_contrastive(
         "final_loss": round(sum(tail) / len(tail), 4),
         "final_loss_note": f"mean training loss of the last {len(tail)} steps",
         "first_loss": round(losses[0], 4),
-        "logit_scale": round(float(model.logit_scale.exp()), 2),
+        "logit_scale": round(model.logit_scale.detach().exp().item(), 2),
         "held_out_retrieval": {
             "pairs": len(held_out),
             "chunk": config.batch_size,
