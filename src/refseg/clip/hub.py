@@ -63,17 +63,30 @@ def download_checkpoint(
     Raises:
         CheckpointNotFoundError: not cached and the Hub cannot be reached.
     """
+    weights, tokenizer = _download(
+        name, checkpoint.repo_id, (checkpoint.weights_file, checkpoint.tokenizer_file), cache_dir
+    )
+    return weights, tokenizer
+
+
+def download_tokenizer(
+    name: str, checkpoint: HubCheckpoint, cache_dir: str | os.PathLike | None = None
+) -> Path:
+    """Path of a named checkpoint's ``tokenizer.json`` alone (the weights are not fetched)."""
+    return _download(name, checkpoint.repo_id, (checkpoint.tokenizer_file,), cache_dir)[0]
+
+
+def _download(
+    name: str, repo_id: str, files: tuple[str, ...], cache_dir: str | os.PathLike | None
+) -> list[Path]:
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
-    files = (checkpoint.weights_file, checkpoint.tokenizer_file)
-
-    def fetch(local_only: bool) -> tuple[Path, Path]:
-        paths = [
-            hf_hub_download(checkpoint.repo_id, f, cache_dir=cache_dir, local_files_only=local_only)
+    def fetch(local_only: bool) -> list[Path]:
+        return [
+            Path(hf_hub_download(repo_id, f, cache_dir=cache_dir, local_files_only=local_only))
             for f in files
         ]
-        return Path(paths[0]), Path(paths[1])
 
     try:
         return fetch(local_only=True)
@@ -82,12 +95,12 @@ def download_checkpoint(
     if not _hub_reachable():
         raise CheckpointNotFoundError(
             f"CLIP {name!r} is not in the Hugging Face cache and the Hub cannot be reached. "
-            f"On a machine with internet run `hf download {checkpoint.repo_id} {' '.join(files)}` "
+            f"On a machine with internet run `hf download {repo_id} {' '.join(files)}` "
             "and copy the cache (HF_HOME) here, or pass a local checkpoint path instead."
         )
     try:
         return fetch(local_only=False)
     except Exception as exc:  # network, auth or missing-file errors from the Hub
         raise CheckpointNotFoundError(
-            f"could not download CLIP {name!r} from {checkpoint.repo_id}: {exc}"
+            f"could not download CLIP {name!r} from {repo_id}: {exc}"
         ) from None

@@ -20,7 +20,7 @@ import torch
 
 from refseg.clip.config import CLIPConfig, infer_config
 from refseg.clip.convert import config_from_hf, convert_hf_state_dict, is_hf_state_dict
-from refseg.clip.hub import HUB_CHECKPOINTS, download_checkpoint
+from refseg.clip.hub import HUB_CHECKPOINTS, download_checkpoint, download_tokenizer
 from refseg.clip.loaded import LoadedClip
 from refseg.clip.model import CLIP
 from refseg.clip.tokenizer import ClipTokenizer
@@ -193,7 +193,9 @@ def _apply_open_clip_config(config: CLIPConfig, path: Path) -> None:
         config.preprocess.std = tuple(pre_cfg["std"])
 
 
-def _find_tokenizer(directory: Path, model: CLIP) -> ClipTokenizer:
+def _find_tokenizer(
+    directory: Path, model: CLIP, cache_dir: str | os.PathLike | None
+) -> ClipTokenizer:
     context = model.config.text.context_length
     try:
         return ClipTokenizer.from_directory(directory, context)
@@ -201,7 +203,13 @@ def _find_tokenizer(directory: Path, model: CLIP) -> ClipTokenizer:
         if model.config.text.vocab_size != 49408:
             raise
     # OpenAI's vocabulary is the same for every OpenAI CLIP: take it from the Hub cache.
-    _, tokenizer_path = download_checkpoint("ViT-B/32", HUB_CHECKPOINTS["ViT-B/32"])
+    try:
+        tokenizer_path = download_tokenizer("ViT-B/32", HUB_CHECKPOINTS["ViT-B/32"], cache_dir)
+    except CheckpointNotFoundError as exc:
+        raise CheckpointNotFoundError(
+            f"no tokenizer files beside the weights in {directory}, and OpenAI's tokenizer "
+            f"could not be fetched instead ({exc}). Pass tokenizer=PATH to load_clip."
+        ) from None
     return ClipTokenizer.from_file(tokenizer_path, context)
 
 
@@ -226,7 +234,8 @@ def load_clip(
         dtype: ``torch.float32`` (default), ``torch.float16`` or ``torch.bfloat16``.
         tokenizer: a ``tokenizer.json`` or a directory holding tokenizer files, overriding
             the one found beside the weights.
-        cache_dir: huggingface_hub cache directory for named checkpoints.
+        cache_dir: huggingface_hub cache directory for named checkpoints (and for OpenAI's
+            tokenizer when a checkpoint with OpenAI's vocabulary comes without one).
 
     Raises:
         CheckpointNotFoundError: nothing at ``source`` (with what to do about it).
@@ -240,6 +249,7 @@ def load_clip(
         )
         model = _from_file(weights)
         clip_tokenizer = ClipTokenizer.from_file(tokenizer_path, model.config.text.context_length)
+        name = canonical
     else:
         if canonical in PACKAGED_MODELS:
             path = packaged_model_dir(canonical)
@@ -258,7 +268,7 @@ def load_clip(
         model, tokenizer_dir = (
             _from_directory(path) if path.is_dir() else (_from_file(path), path.parent)
         )
-        clip_tokenizer = None if tokenizer else _find_tokenizer(tokenizer_dir, model)
+        clip_tokenizer = None if tokenizer else _find_tokenizer(tokenizer_dir, model, cache_dir)
         name = canonical or name
     if tokenizer is not None:
         tok_path = Path(tokenizer)

@@ -1,0 +1,253 @@
+"""refseg's CLIP architecture: parity with transformers' CLIPModel and the segmentation hooks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from refseg.clip import load_clip
+from refseg.clip.model import interpolate_pos_embedding
+
+SENTENCES = [
+    "the cat lying on the scooter seat",
+    "A MAN in a red shirt, holding 2 umbrellas!",
+    "giraffe's head (far right)",
+    "",
+]
+
+
+# --- parity with transformers ---------------------------------------------------------------
+
+
+def _hf_clip_dir(tmp_path, tiny_bpe, write_tokenizer_files, hidden_act):
+    """A random HF CLIPModel saved with ``save_pretrained`` beside the tiny tokenizer files."""
+    from transformers import CLIPConfig as HFConfig
+    from transformers import CLIPModel
+
+    vocab, _ = tiny_bpe
+    config = HFConfig(
+        text_config=dict(
+            hidden_size=32,
+            intermediate_size=80,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            vocab_size=len(vocab),
+            max_position_embeddings=16,
+            hidden_act=hidden_act,
+            bos_token_id=vocab["<|startoftext|>"],
+            # HF reads the pooled token at the first eos_token_id (argmax of ids only if it is 2).
+            eos_token_id=vocab["<|endoftext|>"],
+            pad_token_id=0,
+        ),
+        vision_config=dict(
+            hidden_size=64,
+            intermediate_size=96,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            patch_size=8,
+            image_size=32,
+            hidden_act=hidden_act,
+        ),
+        projection_dim=16,
+    )
+    torch.manual_seed(0)
+    model = CLIPModel(config).eval()
+    with torch.no_grad():  # HF initialises norms to 1/0 and biases to 0: make every weight count
+        for param in model.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    directory = tmp_path / "hf"
+    model.save_pretrained(directory)
+    write_tokenizer_files(directory, "vocab+merges")
+    return model, directory
+
+
+@pytest.mark.parametrize("hidden_act", ["quick_gelu", "gelu"])
+def test_matches_transformers_clip(tmp_path, tiny_bpe, write_tokenizer_files, hidden_act):
+    hf, directory = _hf_clip_dir(tmp_path, tiny_bpe, write_tokenizer_files, hidden_act)
+    clip = load_clip(directory, device="cpu")
+    assert clip.config.quick_gelu == (hidden_act == "quick_gelu")
+    assert clip.config.vision.mlp_width == 96 and clip.config.text.mlp_width == 80
+
+    torch.manual_seed(1)
+    pixels = torch.randn(3, 3, 32, 32)
+    ids = clip.tokenize(SENTENCES)
+    with torch.inference_mode():
+        ours_image = clip.encode_image(pixels)
+        ours_text = clip.encode_text(ids)
+        hf_image = hf.get_image_features(pixel_values=pixels).pooler_output
+        hf_text = hf.get_text_features(input_ids=ids).pooler_output
+    assert ours_image.shape == (3, 16) and ours_text.shape == (4, 16)
+    assert (ours_image - hf_image).abs().max() < 1e-4
+    assert (ours_text - hf_text).abs().max() < 1e-4
+    assert not torch.allclose(ours_text[0], ours_text[1])  # different sentences, different vectors
+
+
+def test_quick_gelu_and_gelu_give_different_outputs(tiny_clip, make_clip, tiny_vit_config):
+    tiny_vit_config.quick_gelu = False
+    exact = make_clip(tiny_vit_config)
+    pixels = torch.randn(1, 3, 32, 32)
+    with torch.inference_mode():
+        assert not torch.allclose(tiny_clip.encode_image(pixels), exact.encode_image(pixels))
+
+
+# --- text tower -------------------------------------------------------------------------------
+
+
+def test_text_embedding_read_at_first_eot_ignores_padding(tiny_clip, tiny_tokenizer):
+    ids = tiny_tokenizer(["the cat on the left"])
+    eot = tiny_tokenizer.eot_id
+    end = int((ids[0] == eot).nonzero()[0])
+    noisy = ids.clone()
+    noisy[0, end + 1 :] = torch.randint(0, eot, (ids.shape[1] - end - 1,))  # garbage after EOT
+    with torch.inference_mode():
+        clean = tiny_clip.encode_text(ids, eot)
+        assert torch.allclose(clean, tiny_clip.encode_text(noisy, eot), atol=1e-6)
+        # OpenAI's argmax rule agrees here because EOT has the largest id of this vocabulary.
+        assert torch.allclose(clean, tiny_clip.encode_text(ids), atol=1e-6)
+        changed = ids.clone()
+        changed[0, 1] = ids[0, 2]
+        assert not torch.allclose(clean, tiny_clip.encode_text(changed, eot))
+
+
+def test_text_longer_than_context_is_rejected(tiny_clip):
+    with pytest.raises(ValueError, match="context length 16"):
+        tiny_clip.encode_text(torch.zeros(1, 17, dtype=torch.long))
+
+
+# --- ViT hooks ---------------------------------------------------------------------------------
+
+
+def _count_block_calls(visual):
+    """Forward hooks on every block recording the batch size of each call."""
+    calls: dict[int, list[int]] = {i: [] for i in range(visual.num_blocks)}
+    handles = [
+        block.register_forward_hook(lambda _m, args, _o, i=i: calls[i].append(args[0].shape[0]))
+        for i, block in enumerate(visual.transformer.resblocks)
+    ]
+    return calls, handles
+
+
+@pytest.fixture
+def image() -> torch.Tensor:
+    torch.manual_seed(3)
+    return torch.randn(1, 3, 32, 32)
+
+
+def test_full_mask_equals_plain_forward_for_every_k(tiny_clip, image):
+    visual = tiny_clip.visual
+    ones = torch.ones(1, 4, 4)
+    with torch.inference_mode():
+        plain = visual(image)
+        for k in range(1, visual.num_blocks + 1):
+            masked = visual.forward_masked(image, ones, k)
+            assert masked.shape == (1, 16)
+            assert torch.allclose(masked, plain, atol=1e-6), k
+
+
+def test_masked_forward_runs_the_trunk_once(tiny_clip, image):
+    visual = tiny_clip.visual
+    weights = torch.rand(5, 4, 4)
+    layers, k = visual.num_blocks, 2
+    calls, handles = _count_block_calls(visual)
+    try:
+        with torch.inference_mode():
+            visual.forward_masked(image, weights, k)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert [calls[i] for i in range(layers - k)] == [[1]] * (layers - k)
+    assert [calls[i] for i in range(layers - k, layers)] == [[5]] * k
+
+
+def test_batched_masks_equal_single_mask_calls(tiny_clip, image):
+    visual = tiny_clip.visual
+    torch.manual_seed(4)
+    weights = torch.rand(4, 4, 4)
+    with torch.inference_mode():
+        batched = visual.forward_masked(image, weights, 2)
+        single = torch.cat([visual.forward_masked(image, w[None], 2) for w in weights])
+    assert torch.allclose(batched, single, atol=1e-5)
+    assert not torch.allclose(batched[0], batched[1])
+
+
+def test_zero_mask_changes_the_embedding(tiny_clip, image):
+    visual = tiny_clip.visual
+    zeros, ones = torch.zeros(1, 4, 4), torch.ones(1, 4, 4)
+    half = ones.clone()
+    half[:, :, 2:] = 0
+    with torch.inference_mode():
+        full = visual.forward_masked(image, ones, 1)
+        assert (visual.forward_masked(image, zeros, 1) - full).abs().max() > 1e-3
+        assert (visual.forward_masked(image, half, 1) - full).abs().max() > 1e-3
+
+
+def test_masked_forward_rejects_bad_inputs(tiny_clip, image):
+    visual = tiny_clip.visual
+    with pytest.raises(ValueError, match="one image"):
+        visual.forward_masked(image.repeat(2, 1, 1, 1), torch.ones(1, 4, 4), 1)
+    with pytest.raises(ValueError, match="k must be in 1..3"):
+        visual.forward_masked(image, torch.ones(1, 4, 4), 0)
+    with pytest.raises(ValueError, match="k must be in 1..3"):
+        visual.forward_masked(image, torch.ones(1, 4, 4), 4)
+    with pytest.raises(ValueError, match="cover 9 patches; the image has 16"):
+        visual.forward_masked(image, torch.ones(1, 3, 3), 1)
+
+
+def test_block_outputs_feed_the_head(tiny_clip, image):
+    visual = tiny_clip.visual
+    with torch.inference_mode():
+        outputs = visual.block_outputs(image, [2, 0])
+        assert [o.shape for o in outputs] == [(1, 17, 64)] * 2
+        assert torch.allclose(visual.head(outputs[0]), visual(image), atol=1e-6)
+        assert torch.allclose(outputs[1], visual.run_blocks(visual.embed(image), 0, 1))
+    with pytest.raises(ValueError, match="0..2"):
+        visual.block_outputs(image, [3])
+
+
+def test_attention_mask_is_honoured(tiny_clip):
+    """A diagonal-only mask makes each token attend to itself: out_proj(v) (MaskCLIP)."""
+    attn = tiny_clip.visual.transformer.resblocks[0].attn
+    x = torch.randn(2, 5, 64)
+    diagonal = torch.full((5, 5), float("-inf")).fill_diagonal_(0.0)
+    with torch.inference_mode():
+        assert torch.allclose(attn(x, diagonal), attn.value_only(x), atol=1e-5)
+        assert not torch.allclose(attn(x), attn.value_only(x), atol=1e-3)
+        per_item = torch.stack([diagonal, torch.zeros(5, 5)])  # [B, L, L]
+        out = attn(x, per_item)
+        assert torch.allclose(out[0], attn.value_only(x)[0], atol=1e-5)
+        assert torch.allclose(out[1], attn(x)[1], atol=1e-5)
+
+
+def test_dense_embeddings_shapes(tiny_clip, tiny_rn_clip, image):
+    with torch.inference_mode():
+        assert tiny_clip.visual.dense_embeddings(image).shape == (1, 4, 4, 16)
+        rn = tiny_rn_clip.visual.dense_embeddings(torch.randn(2, 3, 64, 64))
+    assert rn.shape == (2, 2, 2, 16)
+
+
+def test_other_resolution_interpolates_positions(tiny_clip):
+    pos = tiny_clip.visual.positional_embedding
+    assert interpolate_pos_embedding(pos, (4, 4)) is pos
+    resized = interpolate_pos_embedding(pos, (6, 6))
+    assert resized.shape == (37, 64) and torch.equal(resized[0], pos[0])
+    with torch.inference_mode():
+        assert tiny_clip.visual.dense_embeddings(torch.randn(1, 3, 48, 48)).shape == (1, 6, 6, 16)
+
+
+# --- ResNet hooks ------------------------------------------------------------------------------
+
+
+def test_rn_attention_pool_of_full_weights_equals_image_embedding(tiny_rn_clip):
+    """attnpool(trunk(x) * 1) == encode_image(x). The reference's per-position L2
+    normalisation of the map is a method choice, not part of this invariant."""
+    visual = tiny_rn_clip.visual
+    torch.manual_seed(5)
+    pixels = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        features = visual.trunk(pixels)
+        assert features.shape == (2, 256, 2, 2)
+        plain = tiny_rn_clip.encode_image(pixels)
+        pooled = visual.attnpool(features * torch.ones(2, 1, 2, 2))
+        assert torch.allclose(pooled, plain, atol=1e-6)
+        weights = torch.tensor([[1.0, 0.0], [0.0, 0.0]]).expand(2, 1, 2, 2)
+        assert (visual.attnpool(features * weights) - plain).abs().max() > 1e-3
