@@ -10,6 +10,10 @@ from refseg.methods.base import (
 )
 from refseg.methods.global_local import ALPHA_BY_DATASET, GlobalLocalConfig
 from refseg.methods.global_local_method import GlobalLocalMethod
+from refseg.methods.grad_cam import GradCamMethod
+from refseg.methods.random_choice import RandomMethod
+from refseg.methods.region_token import RegionTokenMethod
+from refseg.methods.score_map import ScoreMapMethod
 
 register_method(
     "global-local", GlobalLocalMethod, "the paper: global and local context, sentence + phrase"
@@ -24,6 +28,16 @@ register_method(
 register_method("cropping", GlobalLocalMethod, "alias of local-only", alpha=0.0)
 register_method("sentence-only", GlobalLocalMethod, "whole-sentence text feature only", beta=1.0)
 register_method("phrase-only", GlobalLocalMethod, "target noun phrase text feature only", beta=0.0)
+register_method(
+    "score-map", ScoreMapMethod, "MaskCLIP dense patch-text cosine averaged in each mask"
+)
+register_method(
+    "region-token", RegionTokenMethod, "a class token per mask attending only to its patches"
+)
+register_method(
+    "grad-cam", GradCamMethod, "Grad-CAM of the image-text cosine averaged in each mask"
+)
+register_method("random", RandomMethod, "a mask chosen uniformly at random (seeded by image, text)")
 
 __all__ = [
     "ALPHA_BY_DATASET",
