@@ -1,0 +1,402 @@
+"""``refseg serve``'s web app: ``POST /segment``, ``GET /health`` and a browser page at ``/``.
+
+    app = create_app(Segmenter.from_pretrained(clip="shapes-vit"), ServeSettings(timeout_s=30))
+    uvicorn.run(app, host="127.0.0.1", port=8000)
+
+Model work runs in a small thread pool so the event loop stays free; each request has a
+deadline (504 when it passes), and :class:`~refseg.serve.service.SegmentService` lets one
+request at a time use the model. Every error is JSON ``{"error": "..."}`` with a 4xx/5xx
+status; no bad request can take the server down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, fields
+from functools import partial
+from importlib import resources
+from typing import Annotated, Any, Literal
+
+from fastapi import FastAPI, File, Form, Query, Request, UploadFile
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from refseg import __version__
+from refseg.errors import ImageError, InputError, RefsegError
+from refseg.masks import encode_rle, mask_bbox
+from refseg.segmenter import Segmenter
+from refseg.serve.service import (
+    DeadlineExceededError,
+    ImageTooLargeError,
+    NotReadyError,
+    Outcome,
+    SegmentService,
+    UnsupportedImageError,
+)
+from refseg.visualize import mask_image
+
+log = logging.getLogger("refseg.serve")
+
+STATIC_DIR = resources.files("refseg") / "serve" / "static"
+# Room for the multipart envelope and text fields on top of the image in Content-Length.
+FORM_OVERHEAD_BYTES = 256 * 1024
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """Limits that keep one shared model responsive. Operational choices, not from a paper."""
+
+    # Largest accepted upload: a 20 MiB file covers full-resolution phone photos.
+    max_upload_bytes: int = 20 * 1024 * 1024
+    # Refuse images above 100 megapixels outright (decoding alone would take ~300 MB);
+    # smaller ones are downscaled by the Segmenter's own max_pixels before any model work.
+    max_image_pixels: int = 100_000_000
+    # Expressions per request, and characters per expression (CLIP reads 77 tokens anyway).
+    max_texts: int = 16
+    max_text_chars: int = 1000
+    # Seconds a request may take, queueing for the model included (504 after that).
+    timeout_s: float = 60.0
+    # Distinct images whose proposals and features are kept for repeated questions.
+    cache_size: int = 8
+    # Ranked proposals (with masks) returned per expression.
+    top_proposals: int = 10
+    # Threads that wait for the model; requests beyond them queue (still under the deadline).
+    workers: int = 4
+
+    def __post_init__(self) -> None:
+        for field in fields(self):
+            if getattr(self, field.name) <= 0:
+                raise InputError(f"{field.name} must be positive; got {getattr(self, field.name)}")
+
+
+# --------------------------------------------------------------------------- schema
+class RLE(BaseModel):
+    """COCO run-length encoding (column-major, compressed ``counts`` string)."""
+
+    size: list[int] = Field(description="[height, width]")
+    counts: str
+
+
+class ProposalOut(BaseModel):
+    index: int = Field(description="the proposal's index in the generator's output")
+    score: float
+    bbox: list[int] | None = Field(description="COCO [x, y, width, height]; null if empty")
+    area: int
+    segmentation: RLE
+
+
+class ResultOut(BaseModel):
+    text: str
+    phrase: str = Field(description="target noun phrase used for the local text feature")
+    method: str
+    score: float | None = Field(description="the chosen proposal's score; null if none")
+    proposal: int | None = Field(description="index of the chosen proposal")
+    bbox: list[int] | None
+    area: int
+    num_proposals: int
+    segmentation: RLE = Field(description="the mask at the original image size")
+    proposals: list[ProposalOut] = Field(description="best proposals first, with their masks")
+
+
+class ImageOut(BaseModel):
+    width: int
+    height: int
+    hash: str = Field(description="SHA-256 of the uploaded bytes (the cache key)")
+
+
+class SegmentOut(BaseModel):
+    results: list[ResultOut]
+    image: ImageOut
+    cached: bool = Field(description="proposals and visual features came from the cache")
+    seconds: float
+
+
+class CacheOut(BaseModel):
+    entries: int
+    capacity: int
+    hits: int
+    misses: int
+
+
+class LimitsOut(BaseModel):
+    max_upload_bytes: int
+    max_image_pixels: int
+    max_texts: int
+    max_text_chars: int
+    timeout_s: float
+    top_proposals: int
+
+
+class HealthOut(BaseModel):
+    status: Literal["ready", "loading", "failed"]
+    model: str | None
+    device: str | None
+    method: str | None
+    proposals: str | None
+    methods: list[str]
+    error: str | None
+    cache: CacheOut
+    limits: LimitsOut
+    version: str
+
+
+class ErrorOut(BaseModel):
+    error: str
+
+
+# ---------------------------------------------------------------------------- errors
+class ApiError(Exception):
+    """An HTTP error with a message for the user."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def status_for(exc: RefsegError) -> int:
+    """HTTP status of a user-facing error from the service."""
+    for kind, status in (
+        (UnsupportedImageError, 415),
+        (ImageTooLargeError, 413),
+        (ImageError, 400),
+        (DeadlineExceededError, 504),
+        (NotReadyError, 503),
+    ):
+        if isinstance(exc, kind):
+            return status
+    return 400
+
+
+def _error(status: int, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": message, **extra}, status_code=status)
+
+
+def _error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {status: {"model": ErrorOut} for status in statuses}
+
+
+# ---------------------------------------------------------------------------- render
+def render_json(outcome: Outcome, top: int) -> dict[str, Any]:
+    """The JSON body of ``/segment``: each result with its RLE and top proposals' RLEs."""
+    memo: dict[int, dict[str, Any]] = {}  # proposals are shared by all expressions
+
+    def proposal(result: Any, index: int) -> dict[str, Any]:
+        if index not in memo:
+            mask = result.proposal_mask(index)
+            box = mask_bbox(mask)
+            memo[index] = {
+                "bbox": list(box) if box else None,
+                "area": int(mask.sum()),
+                "segmentation": encode_rle(mask),
+            }
+        return {"index": index, "score": float(result.scores[index]), **memo[index]}
+
+    results = []
+    for result in outcome.results:
+        record = result.to_dict(top=0, rle=True)
+        record.pop("top_proposals")
+        record["proposals"] = [proposal(result, int(i)) for i in result.ranking[:top]]
+        results.append(record)
+    return {
+        "results": results,
+        "image": {"width": outcome.width, "height": outcome.height, "hash": outcome.digest},
+        "cached": outcome.cached,
+        "seconds": round(outcome.seconds, 4),
+    }
+
+
+def render_png(outcome: Outcome) -> bytes:
+    """The single result's mask as an 8-bit PNG (255 = object)."""
+    buffer = io.BytesIO()
+    mask_image(outcome.results[0].mask).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def check_texts(texts: list[str], settings: ServeSettings) -> list[str]:
+    """Strip the expressions and enforce the limits (raises :class:`ApiError`)."""
+    texts = [t.strip() for t in texts]
+    if not texts or any(not t for t in texts):
+        raise ApiError(422, "an expression is empty: describe the object to segment")
+    if len(texts) > settings.max_texts:
+        raise ApiError(
+            400, f"{len(texts)} expressions given; at most {settings.max_texts} per request"
+        )
+    longest = max(len(t) for t in texts)
+    if longest > settings.max_text_chars:
+        raise ApiError(
+            400, f"an expression has {longest} characters; at most {settings.max_text_chars}"
+        )
+    return texts
+
+
+# ------------------------------------------------------------------------------- app
+def create_app(
+    segmenter: Segmenter | Callable[[], Segmenter],
+    settings: ServeSettings | None = None,
+) -> FastAPI:
+    """The FastAPI app serving ``segmenter``.
+
+    Args:
+        segmenter: a ready :class:`Segmenter`, or a function that builds one; the function
+            runs in a background thread at start-up and ``/health`` says ``"loading"``
+            (``/segment`` answers 503) until it returns.
+        settings: limits; defaults to :class:`ServeSettings()`.
+    """
+    settings = settings or ServeSettings()
+    ready = segmenter if isinstance(segmenter, Segmenter) else None
+    if ready is None and not callable(segmenter):
+        raise TypeError("segmenter must be a Segmenter or a function returning one")
+    service = SegmentService(
+        ready, cache_size=settings.cache_size, max_image_pixels=settings.max_image_pixels
+    )
+    executor = ThreadPoolExecutor(settings.workers, thread_name_prefix="refseg-serve")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if ready is None:
+            threading.Thread(
+                target=service.load, args=(segmenter,), name="refseg-load", daemon=True
+            ).start()
+        yield
+        executor.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(
+        title="refseg",
+        version=__version__,
+        summary="Referring image segmentation: segment the object a sentence describes.",
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    app.state.settings = settings
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return _error(exc.status, exc.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        detail = [
+            {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+            for e in exc.errors()
+        ]
+        problems = "; ".join(f"{'.'.join(map(str, d['loc']))}: {d['msg']}" for d in detail)
+        return _error(422, f"invalid request: {problems}", detail=jsonable_encoder(detail))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail))
+
+    @app.middleware("http")
+    async def refuse_large_bodies(request: Request, call_next: Callable) -> Response:
+        """413 from Content-Length alone, before the multipart body is read."""
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > settings.max_upload_bytes + FORM_OVERHEAD_BYTES:
+            return _error(413, _too_large_message(int(length), settings))
+        return await call_next(request)
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(str(STATIC_DIR / "index.html"))
+
+    @app.get(
+        "/health",
+        response_model=HealthOut,
+        responses={503: {"model": HealthOut, "description": "loading or failed"}},
+    )
+    async def health() -> JSONResponse:
+        """Whether the model is ready, what it is, and the server's limits."""
+        info = service.describe()
+        info["limits"] = {name: getattr(settings, name) for name in LimitsOut.model_fields}
+        info["version"] = __version__
+        return JSONResponse(info, status_code=200 if info["status"] == "ready" else 503)
+
+    @app.post(
+        "/segment",
+        response_model=SegmentOut,
+        responses={
+            200: {"content": {"image/png": {}}, "description": "JSON, or a PNG with ?format=png"},
+            **_error_responses(400, 413, 415, 422, 503, 504),
+        },
+    )
+    async def segment(
+        image: Annotated[UploadFile, File(description="the image (PNG, JPEG, WebP, ...)")],
+        text: Annotated[list[str], Form(description="a referring expression; repeat the field")],
+        method: Annotated[str | None, Form(description="method name (see /health)")] = None,
+        alpha: Annotated[float | None, Form(ge=0, le=1, description="global/local mix")] = None,
+        beta: Annotated[float | None, Form(ge=0, le=1, description="sentence/phrase mix")] = None,
+        k: Annotated[int | None, Form(ge=1, description="ViT: masked final blocks")] = None,
+        format: Annotated[
+            Literal["json", "png"], Query(description="png: the mask of a single expression")
+        ] = "json",
+    ) -> Any:
+        """Segment the object each expression describes.
+
+        Repeated requests with the same image bytes reuse its proposals and visual
+        features (``cached: true``).
+        """
+        deadline = time.monotonic() + settings.timeout_s
+        texts = check_texts(text, settings)
+        if format == "png" and len(texts) != 1:
+            raise ApiError(400, f"format=png needs exactly one expression; got {len(texts)}")
+        if image.size is not None and image.size > settings.max_upload_bytes:
+            raise ApiError(413, _too_large_message(image.size, settings))
+        data = await image.read(settings.max_upload_bytes + 1)
+        if len(data) > settings.max_upload_bytes:
+            raise ApiError(413, _too_large_message(len(data), settings))
+        params = {"method": method or None, "alpha": alpha, "beta": beta, "k": k}
+        job = partial(_job, service, data, texts, params, deadline, format, settings)
+        loop = asyncio.get_running_loop()
+        try:
+            body = await asyncio.wait_for(
+                loop.run_in_executor(executor, job), timeout=settings.timeout_s
+            )
+        except (asyncio.TimeoutError, DeadlineExceededError):
+            raise ApiError(
+                504,
+                f"the request took longer than {settings.timeout_s:g} s: try a smaller image, "
+                "fewer expressions, or again when the server is less busy",
+            ) from None
+        except RefsegError as exc:
+            raise ApiError(status_for(exc), str(exc)) from None
+        except Exception as exc:  # a bug, not the user's fault: log it, keep serving
+            log.exception("segment failed")
+            raise ApiError(500, f"internal error: {type(exc).__name__}: {exc}") from None
+        if isinstance(body, bytes):
+            return Response(body, media_type="image/png")
+        return JSONResponse(body)
+
+    app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
+    return app
+
+
+def _job(
+    service: SegmentService,
+    data: bytes,
+    texts: list[str],
+    params: dict[str, Any],
+    deadline: float,
+    format: str,
+    settings: ServeSettings,
+) -> dict[str, Any] | bytes:
+    """Runs in a worker thread: the model work, then encoding (outside the model lock)."""
+    outcome = service.run(data, texts, deadline=deadline, **params)
+    if format == "png":
+        return render_png(outcome)
+    return render_json(outcome, settings.top_proposals)
+
+
+def _too_large_message(size: int, settings: ServeSettings) -> str:
+    limit = settings.max_upload_bytes / 2**20
+    return f"the upload is {size / 2**20:.1f} MiB; this server accepts at most {limit:g} MiB"

@@ -1,0 +1,276 @@
+"""The model side of ``refseg serve``: one shared :class:`Segmenter`, a lock, an image cache.
+
+Nothing here knows about HTTP, so the behaviour that matters (uploads checked before any
+model work, visual work reused across requests for the same image, one request at a time
+on the model, deadlines) is testable without a server; :mod:`refseg.serve.app` maps the
+exceptions below to status codes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import threading
+import time
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+
+from refseg.errors import ImageError, RefsegError
+from refseg.image_io import load_image
+from refseg.methods import ImageContext, available_methods
+from refseg.results import SegmentationResult
+from refseg.segmenter import Segmenter
+
+log = logging.getLogger("refseg.serve")
+
+
+class UnsupportedImageError(ImageError):
+    """The upload is not in any image format Pillow can identify (HTTP 415)."""
+
+
+class ImageTooLargeError(ImageError):
+    """The image has more pixels than the server accepts (HTTP 413)."""
+
+
+class DeadlineExceededError(RefsegError):
+    """The request's time budget ran out, waiting for the model or using it (HTTP 504)."""
+
+
+class NotReadyError(RefsegError):
+    """The model is still loading, or failed to load (HTTP 503)."""
+
+
+def decode_upload(data: bytes, max_image_pixels: int) -> Image.Image:
+    """Uploaded bytes -> RGB image, checking the size in the header before decoding pixels.
+
+    Raises:
+        ImageError: empty or corrupt data.
+        UnsupportedImageError: not an image format Pillow knows.
+        ImageTooLargeError: more than ``max_image_pixels`` pixels.
+    """
+    if not data:
+        raise ImageError("the uploaded image is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            header = Image.open(io.BytesIO(data))  # lazy: reads the header only
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(f"the image is too large to decode: {exc}") from None
+    except UnidentifiedImageError:
+        if _known_signature(data):
+            raise ImageError(
+                "the uploaded image is corrupt: its format is known but its contents cannot be read"
+            ) from None
+        raise UnsupportedImageError(
+            "the upload is not an image format refseg can read: send a PNG, JPEG, WebP, BMP, "
+            "GIF or TIFF file"
+        ) from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(f"cannot read the uploaded image: {exc}") from None
+    width, height = header.size
+    if width * height > max_image_pixels:
+        raise ImageTooLargeError(
+            f"the image is {width}x{height} ({width * height / 1e6:.0f} megapixels); this server "
+            f"accepts at most {max_image_pixels / 1e6:.0f} megapixels: downscale it first"
+        )
+    return load_image(data)
+
+
+def _known_signature(data: bytes) -> bool:
+    """Whether ``data`` starts like a format Pillow supports (so it is corrupt, not foreign)."""
+    Image.init()
+    prefix = data[:16]
+    for _factory, accept in Image.OPEN.values():
+        try:
+            if accept is not None and accept(prefix):
+                return True
+        except Exception:  # a plugin's check on a short prefix
+            continue
+    return False
+
+
+class ContextCache:
+    """Bounded LRU of :class:`ImageContext` keyed by the SHA-256 of the uploaded bytes.
+
+    A context holds the image's proposals and every visual feature computed so far, so a
+    hit skips the proposal generator and the image encoder. Thread-safe.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.hits = 0
+        self.misses = 0
+        self._items: OrderedDict[str, ImageContext] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: str) -> ImageContext | None:
+        with self._lock:
+            context = self._items.get(key)
+            if context is not None:
+                self._items.move_to_end(key)
+            return context
+
+    def put(self, key: str, context: ImageContext) -> None:
+        with self._lock:
+            self._items[key] = context
+            self._items.move_to_end(key)
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+
+    def count(self, hit: bool) -> None:
+        with self._lock:
+            if hit:
+                self.hits += 1
+            else:
+                self.misses += 1
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one request produced: a result per expression and facts about the image."""
+
+    results: list[SegmentationResult]
+    digest: str  # SHA-256 hex of the uploaded bytes
+    width: int  # original image size
+    height: int
+    cached: bool  # the image's visual work came from the cache
+    seconds: float  # time spent in :meth:`SegmentService.run`
+
+
+class SegmentService:
+    """One :class:`Segmenter` shared by all requests, used by one thread at a time.
+
+    Args:
+        segmenter: a ready segmenter, or ``None`` until :meth:`load` provides one.
+        cache_size: images whose contexts are kept (each holds its proposal masks).
+        max_image_pixels: larger uploads are refused before decoding.
+    """
+
+    def __init__(
+        self,
+        segmenter: Segmenter | None = None,
+        *,
+        cache_size: int = 8,
+        max_image_pixels: int = 100_000_000,
+    ) -> None:
+        self._segmenter = segmenter
+        self.state = "ready" if segmenter is not None else "loading"
+        self.error: str | None = None
+        self.cache = ContextCache(cache_size)
+        self.max_image_pixels = max_image_pixels
+        self._model_lock = threading.Lock()
+
+    def load(self, loader: Callable[[], Segmenter]) -> None:
+        """Call ``loader`` (blocking) and become ready, or record why it failed."""
+        try:
+            segmenter = loader()
+        except Exception as exc:  # reported by /health; the server stays up to say so
+            self.state, self.error = "failed", f"{type(exc).__name__}: {exc}"
+            log.exception("loading the model failed")
+            return
+        self._segmenter, self.state = segmenter, "ready"
+        log.info("model ready: %s", describe_model(segmenter))
+
+    def require_segmenter(self) -> Segmenter:
+        """The segmenter, or :class:`NotReadyError` while there is none."""
+        if self._segmenter is None:
+            why = f"failed to load ({self.error})" if self.error else "is still loading"
+            raise NotReadyError(f"the model {why}: retry later or check the server log")
+        return self._segmenter
+
+    def describe(self) -> dict[str, Any]:
+        """Status, model, device, default method and proposal generator, cache counters."""
+        info: dict[str, Any] = {
+            "status": self.state,
+            "model": None,
+            "device": None,
+            "method": None,
+            "proposals": None,
+            "methods": sorted(available_methods()),
+            "error": self.error,
+            "cache": {
+                "entries": len(self.cache),
+                "capacity": self.cache.capacity,
+                "hits": self.cache.hits,
+                "misses": self.cache.misses,
+            },
+        }
+        if self._segmenter is not None:
+            info.update(
+                model=self._segmenter.clip.name,
+                device=str(self._segmenter.clip.device),
+                method=self._segmenter.method,
+                proposals=getattr(self._segmenter.proposals, "name", None),
+            )
+        return info
+
+    @contextmanager
+    def _model(self, deadline: float) -> Iterator[Segmenter]:
+        """Hold the model lock, waiting no later than ``deadline`` (``time.monotonic``)."""
+        segmenter = self.require_segmenter()
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not self._model_lock.acquire(timeout=remaining):
+            raise DeadlineExceededError("timed out waiting for the model (the server is busy)")
+        try:
+            yield segmenter
+        finally:
+            self._model_lock.release()
+
+    def run(
+        self,
+        data: bytes,
+        texts: Sequence[str],
+        *,
+        deadline: float,
+        method: str | None = None,
+        alpha: float | None = None,
+        beta: float | None = None,
+        k: int | None = None,
+    ) -> Outcome:
+        """Segment every expression in the uploaded image ``data`` (encoded bytes).
+
+        The image is decoded outside the model lock; its context is looked up by hash, so
+        the proposal generator and the image encoder run once per distinct image.
+
+        Raises:
+            ImageError (and subclasses): bad upload. InputError: bad text or parameter.
+            DeadlineExceededError: ``deadline`` passed before the work was done.
+            NotReadyError: no model yet.
+        """
+        start = time.monotonic()
+        self.require_segmenter()  # fail fast while loading, before decoding
+        digest = hashlib.sha256(data).hexdigest()
+        context = self.cache.get(digest)
+        image = None if context is not None else decode_upload(data, self.max_image_pixels)
+        with self._model(deadline) as segmenter:
+            context = context or self.cache.get(digest)  # another request may have made it
+            cached = context is not None
+            self.cache.count(cached)
+            if context is None:
+                context = segmenter.set_image(image)
+                self.cache.put(digest, context)
+                if time.monotonic() > deadline:  # kept in the cache: a retry will be quick
+                    raise DeadlineExceededError("timed out while computing the image features")
+            segmenter.context = context
+            results = segmenter.query(list(texts), method=method, alpha=alpha, beta=beta, k=k)
+        height, width = context.original_size
+        return Outcome(results, digest, width, height, cached, time.monotonic() - start)
+
+
+def describe_model(segmenter: Segmenter) -> str:
+    """One line naming the weights, device, proposal generator and method (for logs)."""
+    proposals = getattr(segmenter.proposals, "name", None) or "none"
+    return (
+        f"CLIP {segmenter.clip.name!r} on {segmenter.clip.device}, proposals {proposals!r}, "
+        f"method {segmenter.method!r}"
+    )
