@@ -539,6 +539,88 @@ class TrainResult:
     record: dict[str, Any]
 
 
+@dataclass
+class _RunState:
+    """What a checkpoint restores besides the weights."""
+
+    step: int = 0
+    losses: list[float] = field(default_factory=list)
+    wall_time_s: float = 0.0  # time spent in training steps, summed over resumed runs
+
+
+def _prepare_data(
+    config: ContrastiveConfig, source: PairSource, progress: bool
+) -> tuple[PairPool, PairPool, ClipTokenizer]:
+    """Render the training and held-out pools and train the tokenizer on the captions."""
+    from refseg.data.shapes.words import caption_vocabulary
+
+    image_size = preset_config(config.preset, config.vocab_size, 1).vision.image_size
+    pool = render_pool(source, config.seed, config.pool_size, image_size, progress)
+    held_out = render_pool(
+        source, config.seed + HELD_OUT_SEED_OFFSET, config.held_out_size, image_size, progress
+    )
+    bpe = train_bpe([*caption_vocabulary(), *pool.captions], config.vocab_size)
+    tokenizer = ClipTokenizer(bpe, config.context_length)
+    pool.tokens, held_out.tokens = tokenizer(pool.captions), tokenizer(held_out.captions)
+    return pool, held_out, tokenizer
+
+
+def _train_step(
+    model: CLIP,
+    optimizer: torch.optim.Optimizer,
+    pool: PairPool,
+    eot_id: int,
+    step: int,
+    config: ContrastiveConfig,
+) -> tuple[float, float]:
+    """One optimiser step on batch ``step``; returns ``(loss, learning rate)``."""
+    lr = learning_rate(step, config)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    rows = batch_indices(step, config, len(pool))
+    pixels = pixels_from_uint8(pool.images[rows], model.config.preprocess)
+    image_features = model.encode_image(pixels)
+    text_features = model.encode_text(trim_tokens(pool.tokens[rows]), eot_id)
+    ids = pool.caption_ids[rows] if config.mask_duplicate_captions else None
+    loss = contrastive_loss(image_features, text_features, model.logit_scale, ids)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    with torch.no_grad():
+        model.logit_scale.clamp_(0.0, MAX_LOGIT_SCALE)
+    return loss.item(), lr
+
+
+def _evaluate(
+    model: CLIP,
+    tokenizer: ClipTokenizer,
+    held_out: PairPool,
+    config: ContrastiveConfig,
+    evaluate_crops: bool,
+) -> dict[str, Any]:
+    """Held-out retrieval and (optionally) ShapesRef crop accuracy, rounded for the record."""
+    model.eval()
+    retrieval = retrieval_accuracy(model, held_out, tokenizer.eot_id, config.batch_size)
+    result: dict[str, Any] = {
+        "held_out_retrieval": {
+            "pairs": len(held_out),
+            "chunk": config.batch_size,
+            **{k: round(v, 4) for k, v in retrieval.items()},
+        },
+        "crop_accuracy": None,
+    }
+    if evaluate_crops:
+        from refseg.data.shapes.words import COLORS, SHAPES
+
+        crops = list(shape_crops(config.seed, config.crop_eval_scenes))
+        accuracy = crop_accuracy(model, tokenizer, crops, COLORS, SHAPES)
+        result["crop_accuracy"] = {
+            "scenes": config.crop_eval_scenes,
+            **{k: round(v, 4) for k, v in accuracy.items()},
+        }
+    return result
+
+
 def train_contrastive(
     config: ContrastiveConfig,
     out_dir: str | os.PathLike,
@@ -559,99 +641,60 @@ def train_contrastive(
     Args:
         pair_source: ``(seed, n) -> pairs``; default ShapesRef's ``sample_training_pairs``.
         resume: continue from ``OUT/checkpoint.pt`` (same options required).
+        command: the command line, recorded in ``TRAINING.json``.
         evaluate_crops: also measure colour/shape accuracy on ShapesRef object crops.
 
     Raises:
         InputError: bad options or a pair source that gives too few pairs.
         CheckpointError: ``resume`` without a usable checkpoint.
     """
+    started = time.perf_counter()
     commit = git_commit()  # the code that runs, even if the tree moves on meanwhile
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     checkpoint_path = out / CHECKPOINT_NAME
-    state = _load_checkpoint(checkpoint_path, config) if resume else None
+    saved = _load_checkpoint(checkpoint_path, config) if resume else None
     source = pair_source or default_pair_source()
 
     with deterministic_cpu(config.threads):
         torch.manual_seed(config.seed)
-        image_size = preset_config(config.preset, config.vocab_size, 1).vision.image_size
-        pool = render_pool(source, config.seed, config.pool_size, image_size, progress)
-        held_out = render_pool(
-            source, config.seed + HELD_OUT_SEED_OFFSET, config.held_out_size, image_size, progress
-        )
-        from refseg.data.shapes.words import caption_vocabulary
-
-        bpe = train_bpe([*caption_vocabulary(), *pool.captions], config.vocab_size)
-        tokenizer = ClipTokenizer(bpe, config.context_length)
-        pool.tokens, held_out.tokens = tokenizer(pool.captions), tokenizer(held_out.captions)
-
+        pool, held_out, tokenizer = _prepare_data(config, source, progress)
         model = CLIP(preset_config(config.preset, tokenizer.vocab_size, config.context_length))
         optimizer = _optimizer(model, config)
-        start, losses, elapsed = 0, [], 0.0
-        if state is not None:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            torch.set_rng_state(state["torch_rng"])
-            start, losses, elapsed = state["step"], list(state["losses"]), state["wall_time_s"]
+        run = _RunState()
+        if saved is not None:
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            torch.set_rng_state(saved["torch_rng"])
+            run = _RunState(saved["step"], list(saved["losses"]), saved["wall_time_s"])
 
-        def checkpoint(step: int) -> None:
-            _save_checkpoint(
-                checkpoint_path,
-                {
-                    "config": config.to_dict(),
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "step": step,
-                    "torch_rng": torch.get_rng_state(),
-                    "losses": losses,
-                    "wall_time_s": elapsed,
-                },
-            )
-
-        bar = tqdm(total=config.steps, initial=start, disable=not progress, desc=config.preset)
+        bar = tqdm(total=config.steps, initial=run.step, disable=not progress, desc=config.preset)
         model.train()
-        for step in range(start, config.steps):
+        for step in range(run.step, config.steps):
             tic = time.perf_counter()
-            lr = learning_rate(step, config)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            rows = batch_indices(step, config, len(pool))
-            pixels = pixels_from_uint8(pool.images[rows], model.config.preprocess)
-            image_features = model.encode_image(pixels)
-            text_features = model.encode_text(trim_tokens(pool.tokens[rows]), tokenizer.eot_id)
-            ids = pool.caption_ids[rows] if config.mask_duplicate_captions else None
-            loss = contrastive_loss(image_features, text_features, model.logit_scale, ids)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            with torch.no_grad():
-                model.logit_scale.clamp_(0.0, MAX_LOGIT_SCALE)
-            losses.append(loss.item())
+            loss, lr = _train_step(model, optimizer, pool, tokenizer.eot_id, step, config)
             seconds = time.perf_counter() - tic
-            elapsed += seconds
+            run.step, run.wall_time_s = step + 1, run.wall_time_s + seconds
+            run.losses.append(loss)
             bar.update(1)
             bar.set_postfix(
-                loss=f"{losses[-1]:.3f}", lr=f"{lr:.2e}", img_s=f"{config.batch_size / seconds:.0f}"
+                loss=f"{loss:.3f}", lr=f"{lr:.2e}", img_s=f"{config.batch_size / seconds:.0f}"
             )
-            if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
-                checkpoint(step + 1)
+            if run.step % config.checkpoint_every == 0 or run.step == config.steps:
+                _save_checkpoint(
+                    checkpoint_path,
+                    {
+                        "config": config.to_dict(),
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "torch_rng": torch.get_rng_state(),
+                        **dataclasses.asdict(run),
+                    },
+                )
         bar.close()
+        evaluation = _evaluate(model, tokenizer, held_out, config, evaluate_crops)
 
-        model.eval()
-        retrieval = retrieval_accuracy(model, held_out, tokenizer.eot_id, config.batch_size)
-        crops: dict[str, float] | None = None
-        if evaluate_crops:
-            from refseg.data.shapes.words import COLORS, SHAPES
-
-            crops = crop_accuracy(
-                model,
-                tokenizer,
-                list(shape_crops(config.seed, config.crop_eval_scenes)),
-                COLORS,
-                SHAPES,
-            )
-
-    tail = losses[-min(len(losses), 20) :]
+    tail = run.losses[-min(len(run.losses), 20) :]
     record = {
         "command": command,
         "preset": config.preset,
@@ -660,19 +703,15 @@ def train_contrastive(
         "torch_version": torch.__version__,
         "threads": config.threads,
         "steps": config.steps,
-        "wall_time_s": round(elapsed, 1),
+        "wall_time_s": round(run.wall_time_s, 1),
+        "wall_time_note": "seconds in training steps (all runs if resumed); "
+        "this invocation incl. rendering and evaluation: see process_wall_time_s",
+        "process_wall_time_s": round(time.perf_counter() - started, 1),
         "final_loss": round(sum(tail) / len(tail), 4),
         "final_loss_note": f"mean training loss of the last {len(tail)} steps",
-        "first_loss": round(losses[0], 4),
+        "first_loss": round(run.losses[0], 4),
         "logit_scale": round(model.logit_scale.detach().exp().item(), 2),
-        "held_out_retrieval": {
-            "pairs": len(held_out),
-            "chunk": config.batch_size,
-            **{k: round(v, 4) for k, v in retrieval.items()},
-        },
-        "crop_accuracy": None
-        if crops is None
-        else {"scenes": config.crop_eval_scenes, **{k: round(v, 4) for k, v in crops.items()}},
+        **evaluation,
         "parameters": sum(p.numel() for p in model.parameters()),
         "config": config.to_dict(),
         "model_config": model.config.to_dict(),
