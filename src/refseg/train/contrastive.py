@@ -659,6 +659,7 @@ def train_contrastive(
     with deterministic_cpu(config.threads):
         torch.manual_seed(config.seed)
         pool, held_out, tokenizer = _prepare_data(config, source, progress)
+        tokenizer.save(out / "tokenizer.json")  # written now so checkpoints are usable alone
         model = CLIP(preset_config(config.preset, tokenizer.vocab_size, config.context_length))
         optimizer = _optimizer(model, config)
         run = _RunState()
