@@ -291,3 +291,13 @@ def test_result_files_and_dict(segmenter, tmp_path):
     assert record["area"] == int(result.mask.sum())
     assert record["top_proposals"][0]["index"] == result.index
     assert record["segmentation"]["size"] == [48, 64]
+
+
+def test_k_sweep_reuses_the_trunk_and_matches_fresh_runs(segmenter):
+    segmenter.set_image(_image(), proposals=_proposals())
+    segmenter.query(TEXTS)  # caches local features too, under a different key shape
+    swept = {k: segmenter.scores(TEXTS, k=k)[0] for k in (3, 1, 2)}
+    for k, scores in swept.items():
+        fresh = Segmenter(segmenter.clip, None, config=GlobalLocalConfig(k=k))
+        fresh.set_image(_image(), proposals=_proposals())
+        assert (fresh.scores(TEXTS)[0] - scores).abs().max() < 1e-5

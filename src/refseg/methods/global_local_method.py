@@ -30,7 +30,11 @@ def vit_tokens_after(clip: LoadedClip, context: ImageContext, depth: int) -> tor
     key = ("vit-tokens", depth)
     if key in context.cache:
         return context.cache[key]
-    shallower = [d for (name, d) in context.cache if name == "vit-tokens" and d < depth]
+    shallower = [
+        key[1]
+        for key in context.cache
+        if isinstance(key, tuple) and key[0] == "vit-tokens" and key[1] < depth
+    ]
     with context.timed("trunk"):
         if shallower:
             start = max(shallower)
