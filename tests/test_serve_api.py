@@ -21,6 +21,7 @@ pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from refseg.clip import LoadedClip  # noqa: E402
+from refseg.errors import InputError  # noqa: E402
 from refseg.masks import decode_rle  # noqa: E402
 from refseg.methods import GlobalLocalConfig  # noqa: E402
 from refseg.proposals import MaskProposals  # noqa: E402
@@ -247,10 +248,15 @@ def test_cached_answer_equals_fresh_answer(client):
 
 
 # ------------------------------------------------------------------------ bad inputs
-def test_upload_over_the_limit_is_413(client):
-    big = png_bytes(0, 400, 400)  # random pixels: ~480 kB > 200 kB
-    response = post(client, big)
+@pytest.mark.parametrize(
+    "side",
+    [400, 300],  # random pixels: ~480 kB (refused from Content-Length), ~270 kB (after reading)
+    ids=["by-content-length", "by-file-size"],
+)
+def test_upload_over_the_limit_is_413(client, generator, side):
+    response = post(client, png_bytes(0, side, side))
     assert response.status_code == 413 and "MiB" in response.json()["error"]
+    assert generator.calls == 0
     assert_still_serving(client)
 
 
@@ -293,7 +299,7 @@ def test_empty_upload_is_400(client):
     response = client.post(
         "/segment", files={"image": ("a.png", b"", "image/png")}, data={"text": ["x"]}
     )
-    assert response.status_code in (400, 422) and response.json()["error"]
+    assert response.status_code == 400 and "empty" in response.json()["error"]
     assert_still_serving(client)
 
 
@@ -418,7 +424,54 @@ def test_failed_load_is_reported(segmenter):
 
 
 def test_settings_must_be_positive():
-    from refseg.errors import InputError
-
     with pytest.raises(InputError, match="max_texts"):
         ServeSettings(max_texts=0)
+
+
+# ------------------------------------------------------------------------ command
+def test_serve_command_fails_in_one_line_on_missing_weights(tmp_path, capsys):
+    from refseg.cli import main
+
+    code = main(["serve", "--clip", str(tmp_path / "missing"), "--port", "0"])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("refseg: error:") and "missing" in err[-1]
+
+
+def test_serve_command_refuses_a_busy_port(capsys):
+    import socket
+
+    from refseg.cli import main
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code = main(["serve", "--clip", "ViT-B/32", "--port", str(port)])
+    assert code == 2 and "pick another --port" in capsys.readouterr().err
+
+
+def test_serve_command_options_become_settings():
+    from refseg.cli import build_parser
+    from refseg.commands.serve import settings_from_args
+
+    args = build_parser().parse_args(
+        ["serve", "--max-upload-mb", "1.5", "--max-texts", "3", "--timeout", "9"]
+    )
+    settings = settings_from_args(args)
+    assert (settings.max_upload_bytes, settings.max_texts, settings.timeout_s) == (
+        1_572_864,
+        3,
+        9.0,
+    )
+    assert settings.cache_size == ServeSettings().cache_size
+    bad = build_parser().parse_args(["serve", "--max-texts", "0"])
+    with pytest.raises(InputError, match="max_texts"):
+        settings_from_args(bad)
+
+
+def test_app_can_be_started_twice(segmenter):
+    app = create_app(segmenter)
+    for _ in range(2):
+        with TestClient(app) as client:
+            assert post(client).status_code == 200

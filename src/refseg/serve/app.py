@@ -242,6 +242,28 @@ def check_texts(texts: list[str], settings: ServeSettings) -> list[str]:
 
 
 # ------------------------------------------------------------------------------- app
+class WorkerPool:
+    """The threads that run model work; recreated if the app is started again."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self._executor: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    def executor(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(self.workers, "refseg-serve")
+            return self._executor
+
+    def shutdown(self) -> None:
+        """Stop taking work; running jobs finish in the background (they cannot be killed)."""
+        with self._lock:
+            if self._executor is not None:
+                self._executor.shutdown(wait=False, cancel_futures=True)
+                self._executor = None
+
+
 def create_app(
     segmenter: Segmenter | Callable[[], Segmenter],
     settings: ServeSettings | None = None,
@@ -261,16 +283,14 @@ def create_app(
     service = SegmentService(
         ready, cache_size=settings.cache_size, max_image_pixels=settings.max_image_pixels
     )
-    executor = ThreadPoolExecutor(settings.workers, thread_name_prefix="refseg-serve")
+    pool = WorkerPool(settings.workers)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if ready is None:
-            threading.Thread(
-                target=service.load, args=(segmenter,), name="refseg-load", daemon=True
-            ).start()
+            service.load_in_background(segmenter)
         yield
-        executor.shutdown(wait=False, cancel_futures=True)
+        pool.shutdown()
 
     app = FastAPI(
         title="refseg",
@@ -360,7 +380,7 @@ def create_app(
         loop = asyncio.get_running_loop()
         try:
             body = await asyncio.wait_for(
-                loop.run_in_executor(executor, job), timeout=settings.timeout_s
+                loop.run_in_executor(pool.executor(), job), timeout=settings.timeout_s
             )
         except (asyncio.TimeoutError, DeadlineExceededError):
             raise ApiError(

@@ -169,6 +169,7 @@ class SegmentService:
         self.cache = ContextCache(cache_size)
         self.max_image_pixels = max_image_pixels
         self._model_lock = threading.Lock()
+        self._loader: threading.Thread | None = None
 
     def load(self, loader: Callable[[], Segmenter]) -> None:
         """Call ``loader`` (blocking) and become ready, or record why it failed."""
@@ -180,6 +181,15 @@ class SegmentService:
             return
         self._segmenter, self.state = segmenter, "ready"
         log.info("model ready: %s", describe_model(segmenter))
+
+    def load_in_background(self, loader: Callable[[], Segmenter]) -> None:
+        """Start :meth:`load` in a daemon thread (once; later calls do nothing)."""
+        with self._model_lock:
+            if self._loader is None and self._segmenter is None:
+                self._loader = threading.Thread(
+                    target=self.load, args=(loader,), name="refseg-load", daemon=True
+                )
+                self._loader.start()
 
     def require_segmenter(self) -> Segmenter:
         """The segmenter, or :class:`NotReadyError` while there is none."""

@@ -281,7 +281,8 @@ function renderProposals() {
       `<span class="value">${fmt(p.score)}${rank === 0 ? '<span class="chosen">★</span>' : ""}` +
       "</span>";
     button.title = `proposal ${p.index}: score ${fmt(p.score)}, area ${p.area} px`;
-    button.querySelector(".thumb-slot").appendChild(thumbnail(p, COLORS[state.selected % COLORS.length]));
+    const color = COLORS[state.selected % COLORS.length];
+    button.querySelector(".thumb-slot").appendChild(thumbnail(p, color));
     button.addEventListener("click", () => {
       state.proposal = state.proposal === p.index ? null : p.index;
       renderProposals();
