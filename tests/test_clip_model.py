@@ -181,6 +181,11 @@ def test_zero_mask_changes_the_embedding(tiny_clip, image):
         assert (visual.forward_masked(image, half, 1) - full).abs().max() > 1e-3
 
 
+def test_no_masks_give_an_empty_batch(tiny_clip, image):
+    with torch.inference_mode():
+        assert tiny_clip.visual.forward_masked(image, torch.zeros(0, 4, 4), 2).shape == (0, 16)
+
+
 def test_masked_forward_rejects_bad_inputs(tiny_clip, image):
     visual = tiny_clip.visual
     with pytest.raises(ValueError, match="one image"):
@@ -216,6 +221,8 @@ def test_attention_mask_is_honoured(tiny_clip):
         out = attn(x, per_item)
         assert torch.allclose(out[0], attn.value_only(x)[0], atol=1e-5)
         assert torch.allclose(out[1], attn(x)[1], atol=1e-5)
+    with pytest.raises(TypeError, match="additive float mask"):
+        attn(x, torch.eye(5, dtype=torch.bool))
 
 
 def test_dense_embeddings_shapes(tiny_clip, tiny_rn_clip, image):
@@ -232,6 +239,9 @@ def test_other_resolution_interpolates_positions(tiny_clip):
     assert resized.shape == (37, 64) and torch.equal(resized[0], pos[0])
     with torch.inference_mode():
         assert tiny_clip.visual.dense_embeddings(torch.randn(1, 3, 48, 48)).shape == (1, 6, 6, 16)
+        wide = torch.randn(1, 3, 32, 48)
+        assert tiny_clip.visual.dense_embeddings(wide).shape == (1, 4, 6, 16)
+        assert tiny_clip.visual.forward_masked(wide, torch.ones(2, 4, 6), 1).shape == (2, 16)
 
 
 # --- ResNet hooks ------------------------------------------------------------------------------

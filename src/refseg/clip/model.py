@@ -69,6 +69,8 @@ class SelfAttention(nn.Module):
         batch, length, width = x.shape
         q, k, v = F.linear(x, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
         if attn_mask is not None:
+            if attn_mask.dtype == torch.bool:  # conventions differ (MHA vs SDPA): refuse to guess
+                raise TypeError("attn_mask must be an additive float mask (-inf blocks a key)")
             attn_mask = attn_mask.to(x.dtype)
             if attn_mask.dim() == 3:  # [B, L, L] -> [B, 1, L, L]
                 attn_mask = attn_mask[:, None]
@@ -228,7 +230,7 @@ class VisionTransformer(nn.Module):
     ) -> torch.Tensor:
         """The masked last-k part of :meth:`forward_masked`, from trunk tokens ``[1, L, C]``."""
         num = weights.shape[0]
-        flat = weights.reshape(num, -1).to(tokens.dtype)
+        flat = weights.flatten(1).to(tokens.dtype)  # [N, h*w]; N may be 0
         if flat.shape[1] != tokens.shape[1] - 1:
             raise ValueError(
                 f"mask weights cover {flat.shape[1]} patches; the image has {tokens.shape[1] - 1}"
