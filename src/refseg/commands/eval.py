@@ -1,0 +1,175 @@
+"""``refseg eval``: run a method on a dataset split and score it (cached, resumable, sharded).
+
+    refseg eval --dataset data/refer --name refcoco --split val --proposals sam --out runs/rc
+    refseg eval ... --shard 0/4 --out runs/rc-0    # then: refseg merge runs/rc-* --out runs/rc
+    refseg eval ... --sweep alpha=0.5,0.85,0.95,1.0 k=1,2,3
+
+Rerunning the same command into the same --out resumes an interrupted run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from refseg.errors import DatasetError, InputError
+
+PROPOSALS_HELP = (
+    "sam | superpixel | gt (ground-truth masks from instances.json: enables mc-acc) | a "
+    "COCO-results JSON file (the paper used FreeSOLO's)"
+)
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "eval",
+        help="evaluate a method on a dataset split (resumable, shardable, sweeps)",
+        description="Evaluate a segmentation method on a dataset split: predictions, metrics "
+        "and a report in --out. Rerun the same command to resume an interrupted run.",
+    )
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset", required=True, metavar="DIR", help="refer data root")
+    data.add_argument("--name", required=True, help="refcoco, refcoco+, refcocog, shapesref, ...")
+    data.add_argument("--split", required=True, help="val, testA, testB, test, ...")
+    data.add_argument("--split-by", help="refer split scheme (default: unc; umd for refcocog)")
+    data.add_argument("--images", metavar="DIR", help="image folder (default: found under root)")
+    data.add_argument("--limit", type=int, metavar="N", help="only the first N images")
+
+    model = parser.add_argument_group("method")
+    model.add_argument("--method", default="global-local", help="segmentation method name")
+    model.add_argument("--proposals", default="superpixel", help=PROPOSALS_HELP)
+    model.add_argument("--clip", default="ViT-B/32", help="CLIP name or checkpoint path")
+    model.add_argument(
+        "--alpha", type=float, help="global/local visual mix (default: 0.95 RefCOCO/+, 0.85 "
+        "RefCOCOg, as in the paper)"
+    )
+    model.add_argument("--beta", type=float, help="sentence/phrase text mix (paper 0.5)")
+    model.add_argument("--k", type=int, help="ViT: number of masked final blocks (paper 3)")
+    model.add_argument("--normalization", choices=("reference", "unit"), help="feature mixing")
+    model.add_argument("--spacy", help="spaCy pipeline for noun phrases (default: auto-detect)")
+    model.add_argument("--max-pixels", type=int, help="downscale larger images (default 2048^2)")
+    model.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda if available")
+
+    options = parser.add_argument_group("run")
+    options.add_argument("--out", metavar="RUN_DIR", help="run directory (default: runs/<...>)")
+    options.add_argument(
+        "--shard", metavar="I/N", help="evaluate slice I of N (combine with refseg merge)"
+    )
+    options.add_argument(
+        "--sweep",
+        nargs="+",
+        action="extend",
+        metavar="KEY=V1,V2",
+        help="also score a grid over alpha, beta, k from the same cached features "
+        "(e.g. alpha=0.5,0.85,0.95,1.0 k=1,2,3)",
+    )
+    options.add_argument(
+        "--structure",
+        choices=("cached", "reference"),
+        default="cached",
+        help="'reference' recomputes the image per referent and text one at a time "
+        "(for benchmarking only; same results)",
+    )
+    options.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def default_run_dir(args: argparse.Namespace, split_by: str | None, shard_stem: str | None) -> Path:
+    """``runs/<name>-<split_by>-<split>-<clip>-<proposals>[-<method>][-shard-I-of-N]``."""
+    parts = [args.name, split_by, args.split, Path(args.clip).name, Path(args.proposals).stem]
+    if args.method != "global-local":
+        parts.append(args.method)
+    if shard_stem:
+        parts.append(shard_stem)
+    name = "-".join(re.sub(r"[^A-Za-z0-9.+]+", "_", str(p)) for p in parts if p)
+    return Path("runs") / name
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from refseg.commands.score import format_table
+    from refseg.data import ReferDataset, open_dataset
+    from refseg.eval.runner import EvalRunner, Shard
+    from refseg.eval.sweep import check_points, grid_points, parse_sweep
+    from refseg.methods import ALPHA_BY_DATASET
+    from refseg.segmenter import DEFAULT_MAX_PIXELS, Segmenter
+
+    shard = Shard.parse(args.shard) if args.shard else Shard()
+    points = grid_points(parse_sweep(args.sweep)) if args.sweep else []
+    if args.limit is not None and args.limit < 1:
+        raise InputError(f"--limit must be >= 1; got {args.limit}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda was asked for but no CUDA device is available")
+    dataset = open_dataset(
+        args.dataset, args.name, args.split, split_by=args.split_by, image_dir=args.images
+    )
+    if dataset.num_expressions == 0:
+        raise DatasetError(f"{args.name} {args.split} has no expressions; nothing to evaluate")
+    alpha = args.alpha if args.alpha is not None else ALPHA_BY_DATASET.get(args.name.lower())
+    proposals: Any = args.proposals
+    if args.proposals == "gt":
+        if not isinstance(dataset, ReferDataset):
+            raise InputError("gt proposals need a refer-layout dataset with instances.json")
+        from refseg.proposals.ground_truth import GroundTruthProposals
+
+        proposals = GroundTruthProposals(dataset.root / dataset.name / "instances.json")
+    segmenter = Segmenter.from_pretrained(
+        clip=args.clip,
+        proposals=proposals,
+        method=args.method,
+        alpha=alpha,
+        beta=args.beta,
+        k=args.k,
+        normalization=args.normalization,
+        device=args.device,
+        spacy_pipeline=args.spacy,
+        max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS,
+    )
+    check_points(points, args.method, segmenter.config)
+    split_by = getattr(dataset, "split_by", None)
+    out = Path(args.out) if args.out else default_run_dir(args, split_by, shard_stem(shard))
+    settings = {
+        "dataset_root": args.dataset,
+        "images": args.images,
+        "clip": args.clip,
+        "proposals": args.proposals,
+        "spacy": args.spacy,
+    }
+    runner = EvalRunner(
+        segmenter,
+        dataset,
+        out,
+        settings=settings,
+        params={"alpha": alpha, "beta": args.beta, "k": args.k},
+        sweep=points,
+        shard=shard,
+        limit=args.limit,
+        structure=args.structure,
+        progress=not args.no_progress,
+        command=["refseg", *sys.argv[1:]],
+    )
+    summary = runner.run()
+    resumed = summary.images - summary.images_computed
+    print(
+        f"{summary.images} images ({resumed} resumed), {summary.expressions} expressions"
+        + (
+            f"; {summary.no_proposal_images} images had no proposals (scored as IoU 0)"
+            if summary.no_proposal_images
+            else ""
+        )
+    )
+    title = f"{args.name} {args.split}" + (f" ({split_by})" if split_by else "")
+    print(format_table(summary.metrics, title))
+    if summary.sweep:
+        print(f"sweep: {len(summary.sweep)} points -> {out / 'sweep.md'}")
+    print(f"wrote {out}/ (predictions.json, metrics.json, report.md, config.json)")
+    return 0
+
+
+def shard_stem(shard: Any) -> str | None:
+    return None if shard.count == 1 else shard.stem

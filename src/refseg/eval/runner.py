@@ -1,0 +1,704 @@
+"""The evaluation runner: cached per image, resumable, sharded, with hyper-parameter sweeps.
+
+For every image of a split (or of one shard of it) the runner sets the image once on a
+:class:`~refseg.segmenter.Segmenter` -- proposals and every visual feature computed once --
+and scores all the image's expressions in one batch, for the main parameters and for every
+sweep point. Layout of a run directory::
+
+    RUN_DIR/config.json                  what ran (options, versions, shard); checked on resume
+    RUN_DIR/partial/shard-I-of-N.jsonl   one line per finished image, appended and fsync'ed
+    RUN_DIR/predictions.json             {sent_id, segmentation (RLE), score, ref_id, proposal}
+    RUN_DIR/metrics.json                 MetricsResult.to_dict() (groups = expression kinds)
+    RUN_DIR/report.md                    short table, beside the paper's number when known
+    RUN_DIR/sweep.json, sweep.md         one row per sweep point (with --sweep)
+
+An interrupted run resumes from the partial file: finished images are skipped, a torn last
+line is dropped. The final files are written atomically from the partial file alone, so
+:func:`merge_runs` can combine shards without the dataset or the model.
+
+``structure="reference"`` evaluates the way the reference code is structured -- the image
+set (proposals and visual features recomputed) for every referent and text encoded one
+expression at a time -- with the same outputs; it exists to measure what caching buys
+(``benchmarks/eval_throughput.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import time
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import refseg
+from refseg.data import ImageDataset, ImageSample
+from refseg.errors import InputError
+from refseg.eval.metrics import MetricsAccumulator, MetricsResult
+from refseg.eval.predictions import prediction_record, write_json_atomic, write_predictions
+from refseg.eval.report import run_report, write_text_atomic
+from refseg.eval.sweep import sweep_markdown, sweep_rows
+from refseg.masks import intersection_union, resize_masks
+from refseg.methods import ImageContext, resolve_method
+from refseg.proposals import MaskProposals
+from refseg.segmenter import Segmenter
+
+STRUCTURES = ("cached", "reference")
+CONFIG_FILE = "config.json"
+PREDICTIONS_FILE = "predictions.json"
+METRICS_FILE = "metrics.json"
+REPORT_FILE = "report.md"
+SWEEP_JSON, SWEEP_MD = "sweep.json", "sweep.md"
+PARTIAL_DIR = "partial"
+# config.json entries that decide the results: a resumed run must match them exactly.
+IDENTITY_KEYS = ("settings", "params", "sweep", "shard")
+
+
+# ------------------------------------------------------------------------------- shards
+@dataclass(frozen=True)
+class Shard:
+    """Slice ``index`` of ``count``: a contiguous, deterministic block of image indices."""
+
+    index: int = 0
+    count: int = 1
+
+    def __post_init__(self) -> None:
+        if self.count < 1 or not 0 <= self.index < self.count:
+            raise InputError(f"bad shard {self.index}/{self.count}: need 0 <= I < N, e.g. 0/4")
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        """``"1/4"`` -> ``Shard(1, 4)``."""
+        index, sep, count = str(text).partition("/")
+        try:
+            if sep:
+                return cls(int(index), int(count))
+        except ValueError:
+            pass
+        raise InputError(f"bad shard {text!r}: write I/N, e.g. 0/4 for the first of 4")
+
+    @property
+    def label(self) -> str:
+        return f"{self.index}/{self.count}"
+
+    @property
+    def stem(self) -> str:
+        return f"shard-{self.index}-of-{self.count}"
+
+    def indices(self, total: int) -> range:
+        """The image indices of this shard among ``total`` images."""
+        return range(total * self.index // self.count, total * (self.index + 1) // self.count)
+
+
+# ------------------------------------------------------------------- per-image outcome
+@dataclass
+class ImageOutcome:
+    """What one image contributes; one line of the partial file.
+
+    Attributes:
+        index: position of the image in the split.
+        image_id: the dataset's image id (checked on resume).
+        n_proposals: proposals the generator returned.
+        expressions: per expression ``{"sent_id", "ref_id", "kind", "category_id", "area"}``
+            (``category_id`` is the target's class, ``area`` its pixel count).
+        choices: per point (0 = main parameters, then the sweep points) and per expression,
+            ``[proposal, intersection, union, proposal_category]``; ``proposal`` is ``None``
+            when the image had no proposals, ``proposal_category`` when they have no classes.
+        predictions: prediction records of the main point, one per expression.
+    """
+
+    index: int
+    image_id: int
+    n_proposals: int
+    expressions: list[dict[str, Any]]
+    choices: list[list[list[Any]]]
+    predictions: list[dict[str, Any]]
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__, separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ImageOutcome:
+        return cls(**{key: data[key] for key in cls.__dataclass_fields__})
+
+
+def accumulate(outcomes: Iterable[ImageOutcome], point: int = 0) -> MetricsAccumulator:
+    """Metrics of sweep point ``point`` (0 = main) over ``outcomes``.
+
+    mc-acc / cc-oIoU are computed when the proposals carried classes (ground truth), as
+    ``refseg score`` does when predictions carry ``category_id``. Expressions of an image
+    without proposals are scored as IoU 0 and counted in ``n_no_proposals``.
+    """
+    outcomes = list(outcomes)
+    use_classes = any(c[3] is not None for o in outcomes for c in o.choices[point])
+    accumulator = MetricsAccumulator()
+    for outcome in outcomes:
+        for expression, choice in zip(outcome.expressions, outcome.choices[point], strict=True):
+            proposal, inter, union, category = choice
+            kind = expression.get("kind")
+            groups = (kind,) if kind else ()
+            target = expression["category_id"] if use_classes else None
+            if proposal is None:
+                accumulator.add_missing(
+                    expression["area"], no_proposals=True, target_category=target, groups=groups
+                )
+            else:
+                accumulator.add_counts(
+                    inter, union, pred_category=category, target_category=target, groups=groups
+                )
+    return accumulator
+
+
+# ------------------------------------------------------------------------ partial file
+class PartialLog:
+    """The append-only per-image log of one shard, locked while a runner writes to it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file: Any = None
+
+    @contextmanager
+    def open(self) -> Iterator[PartialLog]:
+        """Hold the file for appending (exclusive lock; another writer gets an error)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = self.path.open("a+b")
+        try:
+            _lock(self._file, self.path)
+            yield self
+        finally:
+            self._file.close()
+            self._file = None
+
+    def load(self) -> dict[int, ImageOutcome]:
+        """Finished images by index.
+
+        A last line without its newline or not valid JSON was torn by an interruption: it is
+        dropped (that image is redone) and, when the log is open for appending, cut off.
+
+        Raises:
+            InputError: a line other than the last is not a valid record.
+        """
+        if not self.path.is_file():
+            return {}
+        data = self.path.read_bytes()
+        outcomes: dict[int, ImageOutcome] = {}
+        position = kept = 0
+        number = 0
+        while position < len(data):
+            number += 1
+            end = data.find(b"\n", position)
+            complete = end != -1
+            next_position = end + 1 if complete else len(data)
+            line = data[position:next_position].strip()
+            if line:
+                try:
+                    outcome = ImageOutcome.from_dict(json.loads(line))
+                except (ValueError, KeyError, TypeError):
+                    outcome = None
+                if outcome is None or not complete:
+                    if next_position >= len(data):
+                        break
+                    raise InputError(
+                        f"{self.path} line {number} is corrupt; delete that line (or the file, "
+                        "to start over) and run again"
+                    )
+                outcomes[outcome.index] = outcome
+            position = kept = next_position
+        if self._file is not None and kept != len(data):
+            self._file.truncate(kept)
+        return outcomes
+
+    def append(self, outcome: ImageOutcome) -> None:
+        """Add one finished image durably (flush + fsync), so a crash loses at most it."""
+        self._file.write(outcome.to_json().encode("utf-8") + b"\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+
+def _lock(handle: Any, path: Path) -> None:
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on POSIX: no locking
+        return
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        raise InputError(
+            f"another refseg eval is writing {path}; wait for it or use another --out"
+        ) from None
+
+
+# ------------------------------------------------------------------------------ config
+def environment() -> dict[str, Any]:
+    """Versions and the git commit of the refseg source, recorded in config.json."""
+    source = Path(refseg.__file__).resolve().parent
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=source, capture_output=True, text=True, timeout=5
+        )
+        commit = done.stdout.strip() or None if done.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {
+        "refseg": refseg.__version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "git_commit": commit,
+    }
+
+
+def check_resumable(saved: Mapping[str, Any], wanted: Mapping[str, Any], run_dir: Path) -> None:
+    """Refuse to mix results of two configurations in one run directory.
+
+    Raises:
+        InputError: an identity entry (settings, params, sweep, shard) differs; the message
+            lists the differences.
+    """
+    old = _flatten({key: saved.get(key) for key in IDENTITY_KEYS})
+    new = _flatten(json.loads(json.dumps({key: wanted.get(key) for key in IDENTITY_KEYS})))
+    diffs = [
+        f"{key}: {old.get(key)!r} there, {new.get(key)!r} now"
+        for key in sorted(set(old) | set(new))
+        if old.get(key) != new.get(key)
+    ]
+    if diffs:
+        shown = "; ".join(diffs[:6]) + ("; ..." if len(diffs) > 6 else "")
+        raise InputError(
+            f"{run_dir} holds a run with another configuration ({shown}); rerun with the same "
+            "options to resume it, or pass another --out"
+        )
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, Mapping):
+        flat: dict[str, Any] = {}
+        for key, item in value.items():
+            flat.update(_flatten(item, f"{prefix}{key}."))
+        return flat or {prefix.rstrip("."): {}}
+    return {prefix.rstrip("."): value}
+
+
+def read_config(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / CONFIG_FILE
+    if not path.is_file():
+        raise InputError(f"{run_dir} is not a run directory: {CONFIG_FILE} is missing")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        raise InputError(f"{path} is not valid JSON; the run directory is damaged") from None
+
+
+# ------------------------------------------------------------------------------ runner
+@dataclass
+class RunSummary:
+    """What :meth:`EvalRunner.run` did."""
+
+    run_dir: Path
+    metrics: MetricsResult
+    sweep: list[dict[str, Any]]
+    images: int  # images in this run's selection
+    images_computed: int  # of which computed now (the rest were resumed)
+    expressions: int
+    no_proposal_images: int
+    seconds: float  # wall time of the computed images
+    timings: dict[str, float] = field(default_factory=dict)  # per stage, summed over images
+
+
+class EvalRunner:
+    """Evaluate a segmenter on a dataset split into a run directory.
+
+    Args:
+        segmenter: proposals, CLIP and method; its config gives the parameter defaults.
+        dataset: the split, iterated image by image.
+        run_dir: where the run's files go (created; resumed when it holds this run).
+        settings: extra description for config.json (paths, names as typed); part of the
+            identity a resumed run must match.
+        params: ``alpha`` / ``beta`` / ``k`` of the main point (``None``: segmenter config).
+        sweep: extra points ``[{"alpha": 0.5}, ...]`` scored from the same cached features.
+        shard: which slice of the images to run.
+        limit: only the first ``limit`` images of the split (before sharding).
+        structure: ``"cached"`` or ``"reference"`` (see the module docstring).
+        progress: show a tqdm bar with images/s and expressions/s.
+        command: the command line, recorded in config.json.
+    """
+
+    def __init__(
+        self,
+        segmenter: Segmenter,
+        dataset: ImageDataset,
+        run_dir: str | os.PathLike,
+        *,
+        settings: Mapping[str, Any] | None = None,
+        params: Mapping[str, Any] | None = None,
+        sweep: Sequence[Mapping[str, Any]] = (),
+        shard: Shard = Shard(),
+        limit: int | None = None,
+        structure: str = "cached",
+        progress: bool = True,
+        command: Sequence[str] | None = None,
+    ) -> None:
+        if structure not in STRUCTURES:
+            raise InputError(f"unknown structure {structure!r}; choose one of {STRUCTURES}")
+        if limit is not None and limit < 1:
+            raise InputError(f"--limit must be >= 1; got {limit}")
+        self.segmenter = segmenter
+        self.dataset = dataset
+        self.run_dir = Path(run_dir)
+        self.extra_settings = dict(settings or {})
+        self.params = {k: v for k, v in (params or {}).items() if v is not None}
+        self.sweep = [dict(point) for point in sweep]
+        self.points = [self.params, *self.sweep]
+        self.shard = shard
+        self.limit = limit
+        self.structure = structure
+        self.progress = progress
+        self.command = list(command) if command is not None else None
+
+    # -- configuration -------------------------------------------------------------------
+    def config(self) -> dict[str, Any]:
+        """The config.json of this run."""
+        segmenter = self.segmenter
+        _, effective = resolve_method(segmenter.method, replace(segmenter.config, **self.params))
+        settings = {
+            "dataset": getattr(self.dataset, "name", None),
+            "split": getattr(self.dataset, "split", None),
+            "split_by": getattr(self.dataset, "split_by", None),
+            "method": segmenter.method,
+            "clip": segmenter.clip.name,
+            "proposals": getattr(segmenter.proposals, "name", None),
+            "phrases": segmenter.phrases.pipeline_name,
+            "max_pixels": segmenter.max_pixels,
+            **self.extra_settings,
+        }
+        params = {
+            "alpha": effective.alpha,
+            "beta": effective.beta,
+            "k": effective.k,
+            "normalization": effective.normalization,
+        }
+        return {
+            "settings": settings,
+            "params": params,
+            "sweep": self.sweep,
+            "shard": self.shard.label,
+            "limit": self.limit,
+            "num_images": self._num_images(),
+            "structure": self.structure,
+            "device": str(segmenter.clip.device),
+            "command": self.command,
+            "environment": environment(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+
+    def _num_images(self) -> int:
+        total = len(self.dataset)
+        return min(total, self.limit) if self.limit else total
+
+    def _prepare(self) -> dict[str, Any]:
+        config = self.config()
+        path = self.run_dir / CONFIG_FILE
+        if path.is_file():
+            check_resumable(read_config(self.run_dir), config, self.run_dir)
+        elif (self.run_dir / PARTIAL_DIR).is_dir() and any((self.run_dir / PARTIAL_DIR).iterdir()):
+            raise InputError(
+                f"{self.run_dir} has partial results but no {CONFIG_FILE}, so they cannot be "
+                "checked; delete its partial/ folder or pass another --out"
+            )
+        write_json_atomic(path, config, indent=2)
+        return config
+
+    # -- running -------------------------------------------------------------------------
+    def run(self, on_image: Callable[[ImageOutcome], None] | None = None) -> RunSummary:
+        """Evaluate the shard's images not finished yet, then write the final files.
+
+        ``on_image`` is called after each image is safely logged (progress hooks, tests).
+        """
+        config = self._prepare()
+        selection = self.shard.indices(config["num_images"])
+        log = PartialLog(self.run_dir / PARTIAL_DIR / f"{self.shard.stem}.jsonl")
+        timings: dict[str, float] = {}
+        computed, seconds = 0, 0.0
+        with log.open():
+            done = log.load()
+            todo = [i for i in selection if i not in done]
+            for index in selection:
+                if index in done:
+                    self._check_same_image(done[index])
+            bar = tqdm(total=len(todo), unit="img", desc="eval", disable=not self.progress)
+            n_expr = 0
+            start = time.perf_counter()
+            with bar:
+                for index in todo:
+                    outcome = self._evaluate(index, self.dataset[index], timings)
+                    log.append(outcome)
+                    done[index] = outcome
+                    computed += 1
+                    n_expr += len(outcome.expressions)
+                    seconds = time.perf_counter() - start
+                    bar.set_postfix(
+                        {"img/s": f"{computed / seconds:.2f}", "expr/s": f"{n_expr / seconds:.1f}"},
+                        refresh=False,
+                    )
+                    bar.update()
+                    if on_image is not None:
+                        on_image(outcome)
+        outcomes = [done[i] for i in selection]
+        results = write_outputs(self.run_dir, config, outcomes)
+        return RunSummary(
+            run_dir=self.run_dir,
+            metrics=results[0],
+            sweep=sweep_rows(self.sweep, results[1:]) if self.sweep else [],
+            images=len(outcomes),
+            images_computed=computed,
+            expressions=sum(len(o.expressions) for o in outcomes),
+            no_proposal_images=sum(o.n_proposals == 0 and bool(o.expressions) for o in outcomes),
+            seconds=seconds,
+            timings=timings,
+        )
+
+    def _check_same_image(self, outcome: ImageOutcome) -> None:
+        image_id = self.dataset[outcome.index].image_id
+        if image_id != outcome.image_id:
+            raise InputError(
+                f"{self.run_dir}: image {outcome.index} of the split was {outcome.image_id} when "
+                f"it was evaluated but is {image_id} now (the dataset changed); use another --out"
+            )
+
+    # -- one image -----------------------------------------------------------------------
+    def _evaluate(self, index: int, sample: ImageSample, timings: dict[str, float]) -> ImageOutcome:
+        pairs = list(sample.expressions())
+        image = sample.load_image()
+        key = image_key(self.segmenter.proposals, sample)
+        n_points = len(self.points)
+        choices: list[list[list[Any]]] = [[] for _ in range(n_points)]
+        predictions: list[dict[str, Any]] = []
+        n_proposals = 0
+        if self.structure == "cached":
+            groups = [pairs] if pairs else []
+        else:  # the reference's structure: the image set again for every referent
+            groups = [[(r, e) for e in r.sentences] for r in sample.referents if r.sentences]
+        for group in groups:
+            context = self._set_image(image, key, timings)
+            n_proposals = len(context.proposals)
+            lookup = _ChosenMasks(context.proposals, context.original_size)
+            texts = [expression.text for _, expression in group]
+            for p, point in enumerate(self.points):
+                if self.structure == "cached":
+                    best, scores = self._choose(texts, point)
+                else:  # one expression at a time
+                    picked = [self._choose([text], point) for text in texts]
+                    best = [b[0] for b, _ in picked]
+                    scores = [s[0] for _, s in picked]
+                for (referent, expression), index_, score in zip(group, best, scores, strict=True):
+                    choices[p].append(lookup.choice(index_, referent))
+                    if p == 0:
+                        predictions.append(
+                            lookup.record(expression.sent_id, referent.ref_id, index_, score)
+                        )
+            for stage, value in context.timings.items():
+                timings[stage] = timings.get(stage, 0.0) + value
+        expressions = [
+            {
+                "sent_id": expression.sent_id,
+                "ref_id": referent.ref_id,
+                "kind": expression.kind,
+                "category_id": referent.category_id,
+                "area": int(np.count_nonzero(referent.mask)),
+            }
+            for referent, expression in pairs
+        ]
+        return ImageOutcome(index, sample.image_id, n_proposals, expressions, choices, predictions)
+
+    def _set_image(self, image: Any, key: Any, timings: dict[str, float]) -> ImageContext:
+        start = time.perf_counter()
+        with warnings.catch_warnings():
+            # Images without proposals are expected, scored as IoU 0 and counted.
+            warnings.filterwarnings("ignore", message="no mask proposals")
+            context = self.segmenter.set_image(image, image_key=key)
+        timings["set_image"] = timings.get("set_image", 0.0) + time.perf_counter() - start
+        return context
+
+    def _choose(
+        self, texts: Sequence[str], point: Mapping[str, Any]
+    ) -> tuple[list[int | None], list[float | None]]:
+        """Best proposal and its score per text (``None`` without proposals)."""
+        scores, _ = self.segmenter.scores(texts, **point)
+        if scores.shape[1] == 0:
+            return [None] * len(texts), [None] * len(texts)
+        best = scores.argmax(dim=1)  # the first maximum, as Segmenter.query
+        values = scores.gather(1, best[:, None])[:, 0]
+        return [int(b) for b in best], [float(v) for v in values]
+
+
+class _ChosenMasks:
+    """Chosen proposals at the original size, and their overlap with targets, each once."""
+
+    def __init__(self, proposals: MaskProposals, original_size: tuple[int, int]) -> None:
+        self.proposals = proposals
+        self.size = original_size
+        self._masks: dict[int, np.ndarray] = {}
+        self._counts: dict[tuple[int, int], tuple[int, int]] = {}
+
+    def mask(self, index: int | None) -> np.ndarray:
+        if index is None:
+            return np.zeros(self.size, dtype=bool)
+        if index not in self._masks:
+            self._masks[index] = resize_masks(self.proposals.masks[index], self.size)
+        return self._masks[index]
+
+    def category(self, index: int | None) -> int | None:
+        categories = self.proposals.categories
+        return None if index is None or categories is None else int(categories[index])
+
+    def choice(self, index: int | None, referent: Any) -> list[Any]:
+        """``[proposal, intersection, union, proposal_category]`` of one expression."""
+        if index is None:
+            return [None, 0, int(np.count_nonzero(referent.mask)), None]
+        key = (index, referent.ref_id)
+        if key not in self._counts:
+            self._counts[key] = intersection_union(self.mask(index), referent.mask)
+        inter, union = self._counts[key]
+        return [index, inter, union, self.category(index)]
+
+    def record(
+        self, sent_id: int, ref_id: int, index: int | None, score: float | None
+    ) -> dict[str, Any]:
+        extra: dict[str, Any] = {"score": score, "ref_id": ref_id, "proposal": index}
+        category = self.category(index)
+        if category is not None:
+            extra["category_id"] = category
+        return prediction_record(sent_id, self.mask(index), **extra)
+
+
+def image_key(generator: Any, sample: ImageSample) -> Any:
+    """The key a proposal generator finds ``sample`` by: its image id, or its file name for
+    a results file indexed by file names only."""
+    index = getattr(generator, "index", None)
+    find = getattr(index, "find", None)
+    if callable(find) and find(sample.image_id) is None and find(sample.file_name) is not None:
+        return sample.file_name
+    return sample.image_id
+
+
+# ------------------------------------------------------------------------- final files
+def write_outputs(
+    run_dir: Path, config: Mapping[str, Any], outcomes: Sequence[ImageOutcome]
+) -> list[MetricsResult]:
+    """Write predictions, metrics, report (and sweep files) from finished images.
+
+    Returns the metrics of the main point followed by those of each sweep point.
+    """
+    outcomes = sorted(outcomes, key=lambda o: o.index)
+    sweep = list(config.get("sweep") or [])
+    results = [accumulate(outcomes, p).result() for p in range(1 + len(sweep))]
+    write_predictions(run_dir / PREDICTIONS_FILE, (r for o in outcomes for r in o.predictions))
+    write_json_atomic(run_dir / METRICS_FILE, results[0].to_dict(), indent=2)
+    if sweep:
+        rows = sweep_rows(sweep, results[1:])
+        write_json_atomic(run_dir / SWEEP_JSON, rows, indent=2)
+        keys = list(dict.fromkeys(key for point in sweep for key in point))
+        title = f"Sweep of {', '.join(keys)} ({len(rows)} points)"
+        write_text_atomic(run_dir / SWEEP_MD, sweep_markdown(rows, keys, title))
+    no_proposals = sum(o.n_proposals == 0 and bool(o.expressions) for o in outcomes)
+    report = run_report(config, results[0], images=len(outcomes), no_proposal_images=no_proposals)
+    write_text_atomic(run_dir / REPORT_FILE, report)
+    return results
+
+
+# ------------------------------------------------------------------------------- merge
+@dataclass
+class MergeSummary:
+    out_dir: Path
+    metrics: MetricsResult
+    shards: int
+    images: int
+
+
+def merge_runs(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike) -> MergeSummary:
+    """Combine the shards ``0..N-1`` of one configuration into ``out_dir``.
+
+    Raises:
+        InputError: a directory is not a run, configurations differ, a shard is missing,
+            repeated or unfinished, or ``out_dir`` is one of the shards.
+    """
+    dirs = [Path(d) for d in run_dirs]
+    out = Path(out_dir)
+    if not dirs:
+        raise InputError("name the shard run directories to merge")
+    if any(out.resolve() == d.resolve() for d in dirs):
+        raise InputError(f"--out {out} is one of the shards; write the merge elsewhere")
+    configs = [read_config(d) for d in dirs]
+    shards = []
+    for directory, config in zip(dirs, configs, strict=True):
+        if not config.get("shard"):
+            raise InputError(f"{directory} is itself a merge; merge the shard directories")
+        shards.append(Shard.parse(config["shard"]))
+    reference = {**configs[0], "shard": None}
+    for directory, config in zip(dirs[1:], configs[1:], strict=True):
+        check_resumable(reference, {**config, "shard": None}, directory)
+        if config.get("num_images") != configs[0].get("num_images"):
+            raise InputError(
+                f"{directory} covers {config.get('num_images')} images, {dirs[0]} "
+                f"{configs[0].get('num_images')}: the shards were run with different --limit"
+            )
+    count = shards[0].count
+    seen: dict[int, Path] = {}
+    for directory, shard in zip(dirs, shards, strict=True):
+        if shard.count != count:
+            raise InputError(f"{directory} is shard {shard.label}, others are of {count} shards")
+        if shard.index in seen:
+            raise InputError(
+                f"shard {shard.label} given twice: {seen[shard.index]} and {directory}"
+            )
+        seen[shard.index] = directory
+    missing = [f"{i}/{count}" for i in range(count) if i not in seen]
+    if missing:
+        raise InputError(f"shards missing: {', '.join(missing)}; run them, then merge all {count}")
+    num_images = int(configs[0]["num_images"])
+    outcomes: list[ImageOutcome] = []
+    for directory, shard in zip(dirs, shards, strict=True):
+        done = PartialLog(directory / PARTIAL_DIR / f"{shard.stem}.jsonl").load()
+        wanted = shard.indices(num_images)
+        finished = [i for i in wanted if i in done]
+        if len(finished) != len(wanted):
+            raise InputError(
+                f"shard {shard.label} in {directory} is unfinished ({len(finished)} of "
+                f"{len(wanted)} images); rerun its refseg eval command to finish it"
+            )
+        outcomes += [done[i] for i in wanted]
+    order = sorted(range(len(dirs)), key=lambda i: shards[i].index)
+    merged = {
+        **configs[0],
+        "shard": None,
+        "merged_from": [{"run_dir": str(dirs[i]), "shard": shards[i].label} for i in order],
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / CONFIG_FILE, merged, indent=2)
+    results = write_outputs(out, merged, outcomes)
+    return MergeSummary(out, results[0], count, len(outcomes))
+
+
+__all__ = [
+    "STRUCTURES",
+    "EvalRunner",
+    "ImageOutcome",
+    "MergeSummary",
+    "PartialLog",
+    "RunSummary",
+    "Shard",
+    "accumulate",
+    "check_resumable",
+    "image_key",
+    "merge_runs",
+    "read_config",
+    "write_outputs",
+]
