@@ -99,12 +99,7 @@ def run_report(
             row += f" {_fmt(paper) if key == 'mIoU' else ''} |"
         lines.append(row)
     if paper is not None:
-        lines += ["", f"Paper: {PAPER_SETTING}."]
-        if "freesolo" not in str(settings.get("proposals", "")).lower():
-            lines.append(
-                "This run used other proposals than the paper's FreeSOLO masks, so the numbers "
-                "differ for that reason too."
-            )
+        lines += ["", f"Paper: {PAPER_SETTING}; this run's proposals: {settings.get('proposals')}."]
     if metrics.groups:
         lines += ["", "Per expression kind:", ""]
         lines += ["| kind | n | oIoU | mIoU | P@0.5 |", "|---|---:|---:|---:|---:|"]
