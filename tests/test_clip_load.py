@@ -16,6 +16,7 @@ from torch import nn
 
 from refseg.clip import available_models, build_model, load_clip, save_clip
 from refseg.clip.config import CLIP_MEAN, CLIP_STD
+from refseg.clip.convert import config_from_hf
 from refseg.clip.load import read_state_dict
 from refseg.clip.preprocess import mean_color, resize_for_clip
 from refseg.errors import CheckpointFormatError, CheckpointNotFoundError
@@ -163,6 +164,30 @@ def test_save_clip_round_trip_keeps_any_head_size(
     assert metadata["trained_on"] == "shapes"
     assert torch.equal(loaded.tokenize(TEXTS), tiny_tokenizer(TEXTS))
     _assert_same_outputs(model, loaded, tiny_tokenizer)
+
+
+def test_hf_config_with_only_changed_keys_takes_transformers_defaults():
+    """transformers 4.x often saved sub-configs as diffs from the defaults (ViT-B/32 sizes)."""
+    from transformers import CLIPConfig as HFConfig
+
+    sparse = {
+        "model_type": "clip",
+        "projection_dim": 512,
+        "text_config": {"bos_token_id": 0, "eos_token_id": 2, "model_type": "clip_text_model"},
+        "vision_config": {"dropout": 0.0, "model_type": "clip_vision_model"},
+    }
+    config = config_from_hf(sparse)
+    assert config == config_from_hf(HFConfig().to_dict())
+    assert (config.vision.layers, config.vision.width, config.vision.heads) == (12, 768, 12)
+    assert (config.vision.patch_size, config.vision.mlp_width) == (32, 3072)
+    assert (config.text.layers, config.text.width, config.text.mlp_width) == (12, 512, 2048)
+    assert config.quick_gelu and config.text.context_length == 77
+    sparse["vision_config"]["patch_size"] = 16
+    assert config_from_hf(sparse).vision.patch_size == 16
+    with pytest.raises(CheckpointFormatError, match="'siglip' model, not CLIP"):
+        config_from_hf({**sparse, "model_type": "siglip"})
+    with pytest.raises(CheckpointFormatError, match="different activations"):
+        config_from_hf({**sparse, "vision_config": {"hidden_act": "gelu"}})
 
 
 def test_build_model_infers_the_architecture(openai_rn_config, make_clip):

@@ -170,6 +170,20 @@ def test_batched_masks_equal_single_mask_calls(tiny_clip, image):
     assert not torch.allclose(batched[0], batched[1])
 
 
+def test_masked_forward_matches_step_by_step_reference(tiny_clip, image):
+    """Patch tokens (not CLS) scaled before *each* of the last k blocks."""
+    visual = tiny_clip.visual
+    torch.manual_seed(6)
+    weights = torch.rand(1, 4, 4)
+    with torch.inference_mode():
+        x = visual.run_blocks(visual.embed(image), 0, 1)
+        for block in visual.transformer.resblocks[1:]:
+            x = torch.cat([x[:, :1], x[:, 1:] * weights.reshape(1, 16, 1)], dim=1)
+            x = block(x)
+        expected = visual.head(x)
+        assert torch.allclose(visual.forward_masked(image, weights, 2), expected, atol=1e-6)
+
+
 def test_zero_mask_changes_the_embedding(tiny_clip, image):
     visual = tiny_clip.visual
     zeros, ones = torch.zeros(1, 4, 4), torch.ones(1, 4, 4)

@@ -88,36 +88,63 @@ def convert_hf_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, t
     return out
 
 
+# transformers' CLIPTextConfig / CLIPVisionConfig defaults (ViT-B/32 sizes). Checkpoints saved
+# by transformers 4.x often write only the keys that differ from these, e.g. fine-tunes of
+# openai/clip-vit-base-patch32 whose text_config is {"bos_token_id": 0, "eos_token_id": 2, ...}.
+_HF_TEXT_DEFAULTS = {
+    "vocab_size": 49408,
+    "hidden_size": 512,
+    "intermediate_size": 2048,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 8,
+    "max_position_embeddings": 77,
+    "hidden_act": "quick_gelu",
+}
+_HF_VISION_DEFAULTS = {
+    "hidden_size": 768,
+    "intermediate_size": 3072,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "image_size": 224,
+    "patch_size": 32,
+    "hidden_act": "quick_gelu",
+}
+
+
 def config_from_hf(hf_config: Mapping[str, Any]) -> CLIPConfig:
-    """refseg config from an HF CLIP ``config.json`` dict."""
-    try:
-        text, vision = hf_config["text_config"], hf_config["vision_config"]
-        act = text.get("hidden_act", "quick_gelu")
-        if vision.get("hidden_act", act) != act:
-            raise CheckpointFormatError("text and vision towers use different activations")
-        if act not in ("quick_gelu", "gelu"):
-            raise CheckpointFormatError(f"unsupported activation {act!r}")
-        image_size = int(vision.get("image_size", 224))
-        return CLIPConfig(
-            embed_dim=int(hf_config.get("projection_dim", 512)),
-            vision=VisionConfig(
-                image_size=image_size,
-                layers=int(vision["num_hidden_layers"]),
-                width=int(vision["hidden_size"]),
-                heads=int(vision["num_attention_heads"]),
-                patch_size=int(vision["patch_size"]),
-                mlp_width=int(vision.get("intermediate_size", 4 * int(vision["hidden_size"]))),
-            ),
-            text=TextConfig(
-                context_length=int(text.get("max_position_embeddings", 77)),
-                vocab_size=int(text["vocab_size"]),
-                width=int(text["hidden_size"]),
-                heads=int(text["num_attention_heads"]),
-                layers=int(text["num_hidden_layers"]),
-                mlp_width=int(text.get("intermediate_size", 4 * int(text["hidden_size"]))),
-            ),
-            preprocess=PreprocessConfig(image_size=image_size),
-            quick_gelu=act == "quick_gelu",
-        )
-    except KeyError as exc:
-        raise CheckpointFormatError(f"HF CLIP config.json lacks {exc.args[0]!r}") from None
+    """refseg config from an HF CLIP ``config.json`` dict (omitted keys take HF's defaults)."""
+    model_type = hf_config.get("model_type", "clip")
+    if model_type != "clip":
+        raise CheckpointFormatError(f"config.json describes a {model_type!r} model, not CLIP")
+    # Sub-configs may be absent (all defaults) or, in old files, stored as "*_config_dict".
+    text = {**_HF_TEXT_DEFAULTS, **(hf_config.get("text_config") or {})}
+    vision = {**_HF_VISION_DEFAULTS, **(hf_config.get("vision_config") or {})}
+    text.update(hf_config.get("text_config_dict") or {})
+    vision.update(hf_config.get("vision_config_dict") or {})
+    act = text["hidden_act"]
+    if vision["hidden_act"] != act:
+        raise CheckpointFormatError("text and vision towers use different activations")
+    if act not in ("quick_gelu", "gelu"):
+        raise CheckpointFormatError(f"unsupported activation {act!r}")
+    image_size = int(vision["image_size"])
+    return CLIPConfig(
+        embed_dim=int(hf_config.get("projection_dim", 512)),
+        vision=VisionConfig(
+            image_size=image_size,
+            layers=int(vision["num_hidden_layers"]),
+            width=int(vision["hidden_size"]),
+            heads=int(vision["num_attention_heads"]),
+            patch_size=int(vision["patch_size"]),
+            mlp_width=int(vision["intermediate_size"]),
+        ),
+        text=TextConfig(
+            context_length=int(text["max_position_embeddings"]),
+            vocab_size=int(text["vocab_size"]),
+            width=int(text["hidden_size"]),
+            heads=int(text["num_attention_heads"]),
+            layers=int(text["num_hidden_layers"]),
+            mlp_width=int(text["intermediate_size"]),
+        ),
+        preprocess=PreprocessConfig(image_size=image_size),
+        quick_gelu=act == "quick_gelu",
+    )
