@@ -55,6 +55,20 @@ def test_tokenizer_json_and_vocab_merges_agree(tmp_path, write_tokenizer_files):
     assert a.vocab_size == b.vocab_size
 
 
+def test_padding_and_truncation_stored_in_tokenizer_json_are_ignored(tmp_path, tiny_bpe):
+    vocab, merges = tiny_bpe
+    stored = build_bpe_tokenizer(vocab, merges)
+    stored.enable_padding(length=77, pad_id=0, pad_token="!")
+    stored.enable_truncation(max_length=77)
+    stored.save(str(tmp_path / "tokenizer.json"))
+    loaded = ClipTokenizer.from_file(tmp_path / "tokenizer.json")
+    plain = ClipTokenizer(build_bpe_tokenizer(vocab, merges))
+    assert torch.equal(loaded(SENTENCES), plain(SENTENCES))
+    assert not loaded.truncated("a cat")
+    long = "the cat on the left " * 60
+    assert loaded.token_ids(long) == plain.token_ids(long) and loaded.truncated(long)
+
+
 def test_rows_are_sot_ids_eot_then_padding(tokenizer77):
     ids = tokenizer77(["a cat", "the giraffe on the far left"])
     assert ids.dtype == torch.long and ids.shape == (2, 77)

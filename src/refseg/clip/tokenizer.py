@@ -60,6 +60,9 @@ class ClipTokenizer:
 
     def __init__(self, tokenizer: Tokenizer, context_length: int = 77, pad_id: int = 0) -> None:
         self._tokenizer = tokenizer
+        # A tokenizer.json may carry its own padding/truncation; this class does both itself.
+        tokenizer.no_padding()
+        tokenizer.no_truncation()
         self.context_length = context_length
         self.pad_id = pad_id
         self.sot_id = self._special_id(SOT_TOKEN)
