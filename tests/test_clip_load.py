@@ -521,3 +521,14 @@ def test_import_pulls_in_no_torchvision_or_transformers():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert json.loads(result.stdout) == []
+
+
+def test_resnet_state_dict_without_batchnorm_counters_loads(tmp_path, tiny_rn_clip, tiny_tokenizer):
+    """Some exports drop BatchNorm's num_batches_tracked; it is not a weight."""
+    state = {
+        k: v for k, v in tiny_rn_clip.state_dict().items() if not k.endswith("num_batches_tracked")
+    }
+    rebuilt = build_model(state, tiny_rn_clip.config)
+    pixels = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(rebuilt.encode_image(pixels), tiny_rn_clip.encode_image(pixels))

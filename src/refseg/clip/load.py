@@ -113,6 +113,11 @@ def build_model(state_dict: Mapping[str, torch.Tensor], config: CLIPConfig | Non
     except (ValueError, TypeError) as exc:
         raise CheckpointFormatError(f"invalid CLIP architecture {config}: {exc}") from None
     own = model.state_dict()
+    # BatchNorm's step counter is bookkeeping, not a weight; some exports drop it.
+    state_dict = {
+        **{k: v for k, v in own.items() if k.endswith("num_batches_tracked")},
+        **state_dict,
+    }
     missing = sorted(set(own) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(own))
     mismatched = [
