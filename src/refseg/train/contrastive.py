@@ -124,9 +124,10 @@ def preset_config(name: str, vocab_size: int, context_length: int) -> CLIPConfig
 
 # --------------------------------------------------------------------------- configuration
 
-# Per-preset training defaults, sized to ~20-30 minutes on one busy shared CPU core
-# (measured with other jobs running: a step of 64 pairs ~2-2.5 s for shapes-vit, ~6 s for
-# shapes-rn at 224 px).
+# Per-preset training defaults, sized to ~20-30 minutes on one core of a busy shared 2-core
+# machine (measured, load 3-8: a step of 64 pairs 1.9 s for shapes-vit, 5.0 s for shapes-rn
+# at 224 px). shapes-rn is under-trained at this budget (crop colour+shape 73% vs 94% for
+# shapes-vit); give it more steps where time allows.
 PRESET_TRAINING: dict[str, dict[str, Any]] = {
     "shapes-vit": {
         "steps": 700,
