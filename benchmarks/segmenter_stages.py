@@ -16,13 +16,11 @@ import warnings
 
 import numpy as np
 import torch
-from tokenizers import Tokenizer, decoders, pre_tokenizers, trainers
-from tokenizers.models import BPE
 
 from refseg.clip import CLIP, CLIPConfig, ClipTokenizer, LoadedClip, TextConfig, VisionConfig
-from refseg.clip.tokenizer import EOT_TOKEN, SOT_TOKEN, clip_normalizer, clip_pre_tokenizer
 from refseg.proposals import MaskProposals
 from refseg.segmenter import Segmenter
+from refseg.train.tokenizer import train_clip_tokenizer
 
 ARCHITECTURES = {
     "RN50": CLIPConfig(
@@ -38,19 +36,7 @@ TEXTS = ["the man in the red shirt left of the car", "a dog", "second bowl from 
 
 def small_tokenizer() -> ClipTokenizer:
     """A BPE learnt on a few sentences (the text tower's cost does not depend on the vocab)."""
-    tokenizer = Tokenizer(BPE(continuing_subword_prefix="", end_of_word_suffix="</w>"))
-    tokenizer.normalizer = clip_normalizer()
-    tokenizer.pre_tokenizer = clip_pre_tokenizer()
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=[SOT_TOKEN, EOT_TOKEN],
-        end_of_word_suffix="</w>",
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(TEXTS * 5, trainer)
-    return ClipTokenizer(tokenizer)
+    return train_clip_tokenizer(TEXTS * 5, vocab_size=600, context_length=77)
 
 
 def random_proposals(n: int, height: int, width: int, rng: np.random.Generator) -> MaskProposals:

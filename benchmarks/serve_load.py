@@ -41,27 +41,12 @@ EXPRESSIONS = [
 def tiny_clip_dir(directory: Path) -> Path:
     """A random-weight ViT CLIP (64 px, 3 blocks) with a BPE learnt on EXPRESSIONS."""
     import torch
-    from tokenizers import Tokenizer, decoders, pre_tokenizers, trainers
-    from tokenizers.models import BPE
 
-    from refseg.clip import CLIP, CLIPConfig, ClipTokenizer, TextConfig, VisionConfig, save_clip
+    from refseg.clip import CLIP, CLIPConfig, TextConfig, VisionConfig, save_clip
     from refseg.clip.config import PreprocessConfig
-    from refseg.clip.tokenizer import EOT_TOKEN, SOT_TOKEN, clip_normalizer, clip_pre_tokenizer
+    from refseg.train.tokenizer import train_clip_tokenizer
 
-    bpe = Tokenizer(
-        BPE(continuing_subword_prefix="", end_of_word_suffix="</w>", unk_token=EOT_TOKEN)
-    )
-    bpe.normalizer, bpe.pre_tokenizer = clip_normalizer(), clip_pre_tokenizer()
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=[SOT_TOKEN, EOT_TOKEN],
-        end_of_word_suffix="</w>",
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    bpe.train_from_iterator(EXPRESSIONS * 10, trainer)
-    tokenizer = ClipTokenizer(bpe, context_length=16)
+    tokenizer = train_clip_tokenizer(EXPRESSIONS * 10, vocab_size=600, context_length=16)
     config = CLIPConfig(
         embed_dim=32,
         vision=VisionConfig(image_size=64, layers=3, width=64, heads=2, patch_size=16),

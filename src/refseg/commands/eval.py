@@ -43,8 +43,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     model.add_argument("--proposals", default="superpixel", help=PROPOSALS_HELP)
     model.add_argument("--clip", default="ViT-B/32", help="CLIP name or checkpoint path")
     model.add_argument(
-        "--alpha", type=float, help="global/local visual mix (default: 0.95 RefCOCO/+, 0.85 "
-        "RefCOCOg, as in the paper)"
+        "--alpha",
+        type=float,
+        help="global/local visual mix (default: 0.95 RefCOCO/+, 0.85 RefCOCOg, as in the paper)",
     )
     model.add_argument("--beta", type=float, help="sentence/phrase text mix (paper 0.5)")
     model.add_argument("--k", type=int, help="ViT: number of masked final blocks (paper 3)")

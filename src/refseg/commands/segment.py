@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from refseg.errors import InputError
+from refseg.commands.options import add_model_options, check_device
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -21,21 +21,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--out", required=True, help="mask PNG to write (255 = object)")
     parser.add_argument("--overlay", help="also write the image with the mask drawn on it")
     parser.add_argument("--json", action="store_true", help="print one JSON object per expression")
-    parser.add_argument(
-        "--clip", default="ViT-B/32", help="CLIP name or checkpoint path (offline demo: shapes-vit)"
-    )
-    parser.add_argument(
-        "--proposals", default="superpixel", help="sam | superpixel | a COCO-results JSON file"
-    )
-    parser.add_argument("--method", default="global-local", help="segmentation method name")
-    parser.add_argument("--alpha", type=float, help="global/local visual mix (paper 0.95)")
-    parser.add_argument("--beta", type=float, help="sentence/phrase text mix (paper 0.5)")
-    parser.add_argument("--k", type=int, help="ViT: number of masked final blocks (paper 3)")
-    parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda if available")
-    parser.add_argument("--spacy", help="spaCy pipeline name or path (default: auto-detect)")
-    parser.add_argument(
-        "--max-pixels", type=int, help="downscale larger images for processing (default 2048^2)"
-    )
+    add_model_options(parser)
     parser.set_defaults(func=run)
     return parser
 
@@ -51,13 +37,10 @@ def output_paths(path: str | None, count: int) -> list[Path | None]:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from refseg.image_io import load_image
     from refseg.segmenter import DEFAULT_MAX_PIXELS, Segmenter
 
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda was asked for but no CUDA device is available")
+    check_device(args.device)
     image = load_image(args.image)  # fail on a bad image before loading any model
     segmenter = Segmenter.from_pretrained(
         clip=args.clip,

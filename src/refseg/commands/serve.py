@@ -12,6 +12,7 @@ import socket
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from refseg.commands.options import add_model_options, check_device
 from refseg.errors import InputError
 
 if TYPE_CHECKING:
@@ -31,19 +32,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on")
-    parser.add_argument(
-        "--clip", default="ViT-B/32", help="CLIP name or checkpoint path (offline demo: shapes-vit)"
-    )
-    parser.add_argument(
-        "--proposals", default="superpixel", help="sam | superpixel | a COCO-results JSON file"
-    )
-    parser.add_argument("--method", default="global-local", help="default segmentation method")
-    parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda if available")
-    parser.add_argument("--spacy", help="spaCy pipeline name or path (default: auto-detect)")
+    add_model_options(parser, method_help="default segmentation method", hyper_parameters=False)
     parser.add_argument("--max-upload-mb", type=float, help="largest upload (default 20 MiB)")
-    parser.add_argument(
-        "--max-pixels", type=int, help="downscale larger images for processing (default 2048^2)"
-    )
     parser.add_argument("--max-texts", type=int, help="expressions per request (default 16)")
     parser.add_argument("--timeout", type=float, help="seconds per request, else 504 (default 60)")
     parser.add_argument("--cache-size", type=int, help="images whose features are kept (default 8)")
@@ -89,7 +79,6 @@ def check_port(host: str, port: int) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
     import uvicorn
 
     from refseg.segmenter import DEFAULT_MAX_PIXELS, Segmenter
@@ -100,8 +89,7 @@ def run(args: argparse.Namespace) -> int:
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     settings = settings_from_args(args)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda was asked for but no CUDA device is available")
+    check_device(args.device)
     check_port(args.host, args.port)
     log.info("loading CLIP %r ...", args.clip)
     segmenter = Segmenter.from_pretrained(

@@ -1,0 +1,44 @@
+"""Command-line options shared by the commands that build a Segmenter (segment, eval, serve).
+
+Options default to ``None`` where the library has a default, so the library's value wins.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from refseg.errors import InputError
+
+PROPOSALS_HELP = "sam | superpixel | a COCO-results JSON file"
+
+
+def add_model_options(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    *,
+    proposals_help: str = PROPOSALS_HELP,
+    method_help: str = "segmentation method name",
+    hyper_parameters: bool = True,
+) -> None:
+    """``--clip --proposals --method [--alpha --beta --k] --device --spacy --max-pixels``."""
+    parser.add_argument(
+        "--clip", default="ViT-B/32", help="CLIP name or checkpoint path (offline demo: shapes-vit)"
+    )
+    parser.add_argument("--proposals", default="superpixel", help=proposals_help)
+    parser.add_argument("--method", default="global-local", help=method_help)
+    if hyper_parameters:
+        parser.add_argument("--alpha", type=float, help="global/local visual mix (paper 0.95)")
+        parser.add_argument("--beta", type=float, help="sentence/phrase text mix (paper 0.5)")
+        parser.add_argument("--k", type=int, help="ViT: number of masked final blocks (paper 3)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda if available")
+    parser.add_argument("--spacy", help="spaCy pipeline name or path (default: auto-detect)")
+    parser.add_argument(
+        "--max-pixels", type=int, help="downscale larger images for processing (default 2048^2)"
+    )
+
+
+def check_device(device: str | None) -> None:
+    """Refuse ``--device cuda`` on a machine without CUDA, before any model loads."""
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda was asked for but no CUDA device is available")
