@@ -275,3 +275,14 @@ def test_rn_attention_pool_of_full_weights_equals_image_embedding(tiny_rn_clip):
         assert torch.allclose(pooled, plain, atol=1e-6)
         weights = torch.tensor([[1.0, 0.0], [0.0, 0.0]]).expand(2, 1, 2, 2)
         assert (visual.attnpool(features * weights) - plain).abs().max() > 1e-3
+
+
+def test_trimmed_padding_gives_the_same_text_features(tiny_clip, tiny_tokenizer):
+    from refseg.clip import LoadedClip
+
+    loaded = LoadedClip(tiny_clip, tiny_tokenizer, "tiny")
+    ids = loaded.tokenize(["the cat", "a man in a red shirt holding a blue umbrella", ""])
+    with torch.no_grad():
+        full = tiny_clip.encode_text(ids, tiny_tokenizer.eot_id)
+        trimmed = loaded.encode_text(ids)
+    assert torch.allclose(full, trimmed, atol=1e-6)
