@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from refseg.commands.options import add_model_options, check_device
 from refseg.errors import DatasetError, InputError
 
 PROPOSALS_HELP = (
@@ -39,20 +40,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     data.add_argument("--limit", type=int, metavar="N", help="only the first N images")
 
     model = parser.add_argument_group("method")
-    model.add_argument("--method", default="global-local", help="segmentation method name")
-    model.add_argument("--proposals", default="superpixel", help=PROPOSALS_HELP)
-    model.add_argument("--clip", default="ViT-B/32", help="CLIP name or checkpoint path")
-    model.add_argument(
-        "--alpha",
-        type=float,
-        help="global/local visual mix (default: 0.95 RefCOCO/+, 0.85 RefCOCOg, as in the paper)",
+    add_model_options(
+        model,
+        proposals_help=PROPOSALS_HELP,
+        alpha_help="global/local visual mix (default: 0.95 RefCOCO/+, 0.85 RefCOCOg, as in "
+        "the paper)",
     )
-    model.add_argument("--beta", type=float, help="sentence/phrase text mix (paper 0.5)")
-    model.add_argument("--k", type=int, help="ViT: number of masked final blocks (paper 3)")
-    model.add_argument("--normalization", choices=("reference", "unit"), help="feature mixing")
-    model.add_argument("--spacy", help="spaCy pipeline for noun phrases (default: auto-detect)")
-    model.add_argument("--max-pixels", type=int, help="downscale larger images (default 2048^2)")
-    model.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda if available")
 
     options = parser.add_argument_group("run")
     options.add_argument("--out", metavar="RUN_DIR", help="run directory (default: runs/<...>)")
@@ -91,7 +84,6 @@ def default_run_dir(args: argparse.Namespace, split_by: str | None, shard_stem: 
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
 
     from refseg.commands.score import format_table
     from refseg.data import ReferDataset, open_dataset
@@ -104,8 +96,7 @@ def run(args: argparse.Namespace) -> int:
     points = grid_points(parse_sweep(args.sweep)) if args.sweep else []
     if args.limit is not None and args.limit < 1:
         raise InputError(f"--limit must be >= 1; got {args.limit}")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda was asked for but no CUDA device is available")
+    check_device(args.device)
     dataset = open_dataset(
         args.dataset, args.name, args.split, split_by=args.split_by, image_dir=args.images
     )

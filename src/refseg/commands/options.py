@@ -17,18 +17,25 @@ def add_model_options(
     *,
     proposals_help: str = PROPOSALS_HELP,
     method_help: str = "segmentation method name",
+    alpha_help: str = "global/local visual mix (paper 0.95)",
     hyper_parameters: bool = True,
 ) -> None:
-    """``--clip --proposals --method [--alpha --beta --k] --device --spacy --max-pixels``."""
+    """``--clip --proposals --method [--alpha --beta --k --normalization] --device --spacy
+    --max-pixels``."""
     parser.add_argument(
         "--clip", default="ViT-B/32", help="CLIP name or checkpoint path (offline demo: shapes-vit)"
     )
     parser.add_argument("--proposals", default="superpixel", help=proposals_help)
     parser.add_argument("--method", default="global-local", help=method_help)
     if hyper_parameters:
-        parser.add_argument("--alpha", type=float, help="global/local visual mix (paper 0.95)")
+        parser.add_argument("--alpha", type=float, help=alpha_help)
         parser.add_argument("--beta", type=float, help="sentence/phrase text mix (paper 0.5)")
         parser.add_argument("--k", type=int, help="ViT: number of masked final blocks (paper 3)")
+        parser.add_argument(
+            "--normalization",
+            choices=("reference", "unit"),
+            help="feature mixing: the authors' code (default) or all unit-normalised",
+        )
     parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda if available")
     parser.add_argument("--spacy", help="spaCy pipeline name or path (default: auto-detect)")
     parser.add_argument(

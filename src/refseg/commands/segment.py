@@ -49,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
         alpha=args.alpha,
         beta=args.beta,
         k=args.k,
+        normalization=args.normalization,
         device=args.device,
         spacy_pipeline=args.spacy,
         max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS,
