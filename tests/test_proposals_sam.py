@@ -459,3 +459,26 @@ def test_importing_proposals_does_not_import_transformers():
         "assert 'transformers' not in sys.modules, 'transformers imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+# ---------------------------------------------------------------- auto
+
+
+def test_auto_uses_sam_only_when_its_checkpoint_is_cached(monkeypatch, tiny_sam_dir, tmp_path):
+    import huggingface_hub
+
+    from refseg.proposals import create_proposals
+    from refseg.proposals.superpixel import SuperpixelProposals
+
+    _offline_empty_cache(monkeypatch, tmp_path)
+    assert isinstance(create_proposals("auto"), SuperpixelProposals)
+
+    asked = []
+
+    def cached(repo_id, **kwargs):
+        asked.append((repo_id, kwargs.get("local_files_only", False)))
+        return str(tiny_sam_dir)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", cached)
+    assert isinstance(create_proposals("auto", device="cpu"), SamProposals)
+    assert asked and all(local for _, local in asked)  # never a download

@@ -75,7 +75,7 @@ class Segmenter:
     def from_pretrained(
         cls,
         clip: str | os.PathLike = "ViT-B/32",
-        proposals: str | ProposalGenerator | None = "superpixel",
+        proposals: str | ProposalGenerator | None = "auto",
         method: str = "global-local",
         *,
         alpha: float | None = None,
@@ -88,7 +88,11 @@ class Segmenter:
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         proposal_options: dict[str, Any] | None = None,
     ) -> Segmenter:
-        """Build from names: a CLIP name or path, a proposal generator name or JSON file."""
+        """Build from names: a CLIP name or path, a proposal generator name or JSON file.
+
+        ``proposals="auto"`` uses SAM when transformers and a cached ``sam-vit-base`` are
+        available, else the weight-free superpixel generator.
+        """
         values = {"alpha": alpha, "beta": beta, "k": k, "normalization": normalization}
         try:
             config = replace(

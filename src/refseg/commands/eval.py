@@ -19,7 +19,7 @@ from refseg.commands.options import add_model_options, check_device
 from refseg.errors import DatasetError, InputError
 
 PROPOSALS_HELP = (
-    "sam | superpixel | gt (ground-truth masks from instances.json: enables mc-acc) | a "
+    "auto | sam | superpixel | gt (ground-truth masks from instances.json: enables mc-acc) | a "
     "COCO-results JSON file (the paper used FreeSOLO's)"
 )
 

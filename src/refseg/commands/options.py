@@ -9,7 +9,10 @@ import argparse
 
 from refseg.errors import InputError
 
-PROPOSALS_HELP = "sam | superpixel | a COCO-results JSON file"
+PROPOSALS_HELP = (
+    "auto (SAM if its weights are cached, else superpixel) | sam | superpixel | a COCO-results "
+    "JSON file"
+)
 
 
 def add_model_options(
@@ -25,7 +28,7 @@ def add_model_options(
     parser.add_argument(
         "--clip", default="ViT-B/32", help="CLIP name or checkpoint path (offline demo: shapes-vit)"
     )
-    parser.add_argument("--proposals", default="superpixel", help=proposals_help)
+    parser.add_argument("--proposals", default="auto", help=proposals_help)
     parser.add_argument("--method", default="global-local", help=method_help)
     if hyper_parameters:
         parser.add_argument("--alpha", type=float, help=alpha_help)

@@ -123,7 +123,7 @@ def _import_builtin_generators() -> None:
     """Import the built-in generator modules so their ``@register_proposals`` runs."""
     import importlib
 
-    for module in ("superpixel", "from_file", "ground_truth", "sam"):
+    for module in ("superpixel", "from_file", "ground_truth", "sam", "auto"):
         try:
             importlib.import_module(f"refseg.proposals.{module}")
         except ModuleNotFoundError as exc:  # a module not written yet, or an optional extra

@@ -331,9 +331,10 @@ class SamProposals:
             chunk_scores = scores[start : start + _UPSCALE_CHUNK]
             full = self.transform.logits_to_image(low_res, image_size, work_size)
             if cfg.stability_score_thresh > 0:
-                stable = stability_score(
-                    full, cfg.mask_threshold, cfg.stability_score_offset
-                ) >= cfg.stability_score_thresh
+                stable = (
+                    stability_score(full, cfg.mask_threshold, cfg.stability_score_offset)
+                    >= cfg.stability_score_thresh
+                )
                 low_res, chunk_scores, full = low_res[stable], chunk_scores[stable], full[stable]
             stats.after_stability += chunk_scores.shape[0]
             masks = full > cfg.mask_threshold
@@ -446,6 +447,26 @@ def resolve_sam_checkpoint(
     return _check_checkpoint_dir(_hub_snapshot(repo_id, cache_dir))
 
 
+def cached_sam_checkpoint(
+    model: str = "sam-vit-base", *, cache_dir: str | os.PathLike | None = None
+) -> Path | None:
+    """The cached checkpoint directory of a named SAM, or ``None``; never downloads."""
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    repo_id = SAM_CHECKPOINTS.get(model, model)
+    cache = os.fspath(cache_dir) if cache_dir is not None else constants.HF_HUB_CACHE
+    try:
+        folder = Path(
+            snapshot_download(
+                repo_id, cache_dir=cache, allow_patterns=_HUB_PATTERNS, local_files_only=True
+            )
+        )
+    except (LocalEntryNotFoundError, ValueError, OSError):
+        return None
+    return folder if _weights_files(folder) else None
+
+
 def _hub_snapshot(repo_id: str, cache_dir: str | os.PathLike | None) -> Path:
     """The cached snapshot of ``repo_id``, downloading it when allowed and needed."""
     from huggingface_hub import constants, snapshot_download
@@ -453,9 +474,11 @@ def _hub_snapshot(repo_id: str, cache_dir: str | os.PathLike | None) -> Path:
 
     cache = os.fspath(cache_dir) if cache_dir is not None else constants.HF_HUB_CACHE
     try:
-        folder = Path(snapshot_download(
-            repo_id, cache_dir=cache, allow_patterns=_HUB_PATTERNS, local_files_only=True
-        ))
+        folder = Path(
+            snapshot_download(
+                repo_id, cache_dir=cache, allow_patterns=_HUB_PATTERNS, local_files_only=True
+            )
+        )
         if _weights_files(folder):
             return folder
     except LocalEntryNotFoundError:
@@ -471,9 +494,9 @@ def _hub_snapshot(repo_id: str, cache_dir: str | os.PathLike | None) -> Path:
     try:
         folder = Path(snapshot_download(repo_id, cache_dir=cache, allow_patterns=_HUB_PATTERNS))
         if not _weights_files(folder):
-            folder = Path(snapshot_download(
-                repo_id, cache_dir=cache, allow_patterns=_HUB_FALLBACK_PATTERNS
-            ))
+            folder = Path(
+                snapshot_download(repo_id, cache_dir=cache, allow_patterns=_HUB_FALLBACK_PATTERNS)
+            )
     except (OSError, ValueError) as exc:  # hub errors, connection failures, bad ids
         raise CheckpointNotFoundError(
             f"could not download SAM checkpoint {repo_id!r} into {cache}: "
