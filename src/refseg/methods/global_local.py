@@ -54,11 +54,6 @@ class GlobalLocalConfig:
             raise ValueError(f"normalization must be one of {NORMALIZATIONS}")
 
 
-def vit_trunk(visual: VisionTransformer, pixels: torch.Tensor, k: int) -> torch.Tensor:
-    """Tokens ``[1, L, C]`` after the unmasked blocks ``0 .. L-k-1`` (shared by all masks)."""
-    return visual.run_blocks(visual.embed(pixels), 0, visual.num_blocks - k)
-
-
 def vit_global_features(
     visual: VisionTransformer, trunk: torch.Tensor, masks: torch.Tensor, k: int
 ) -> torch.Tensor:
