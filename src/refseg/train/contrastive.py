@@ -124,10 +124,10 @@ def preset_config(name: str, vocab_size: int, context_length: int) -> CLIPConfig
 
 # --------------------------------------------------------------------------- configuration
 
-# Per-preset training defaults, sized to ~20-30 minutes on one core of a busy shared 2-core
-# machine (measured, load 3-8: a step of 64 pairs 1.9 s for shapes-vit, 5.0 s for shapes-rn
-# at 224 px). shapes-rn is under-trained at this budget (crop colour+shape 73% vs 94% for
-# shapes-vit); give it more steps where time allows.
+# Per-preset training defaults: the settings of the shipped weights (src/refseg/weights/*/
+# TRAINING.json). Measured on a shared 2-core machine: shapes-vit 1.9 s a step (1 thread,
+# load 3-8, 22 min); shapes-rn 1.5 s a step (2 threads, load ~2, 18 min). At 350 steps
+# shapes-rn reached only 73% crop colour+shape; 700 steps give 87%.
 PRESET_TRAINING: dict[str, dict[str, Any]] = {
     "shapes-vit": {
         "steps": 700,
@@ -137,7 +137,7 @@ PRESET_TRAINING: dict[str, dict[str, Any]] = {
         "pool_size": 6000,
     },
     "shapes-rn": {
-        "steps": 350,
+        "steps": 700,
         "batch_size": 64,
         "lr": 2e-3,
         "warmup_steps": 35,
