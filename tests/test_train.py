@@ -12,7 +12,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from refseg.cli import build_parser
-from refseg.clip import ClipTokenizer, load_clip
+from refseg.clip import ClipTokenizer, LoadedClip, load_clip
 from refseg.errors import CheckpointFormatError, CheckpointNotFoundError, InputError
 from refseg.train import contrastive
 from refseg.train.contrastive import (
@@ -126,7 +126,8 @@ def test_saved_directory_loads_and_the_tokenizer_round_trips(tmp_path):
     captions = ["a red square on the left", "a blue square on the right"]
     assert torch.equal(loaded.tokenize(captions), result.tokenizer(captions))
     with torch.inference_mode():
-        expected = result.model.encode_text(result.tokenizer(captions), result.tokenizer.eot_id)
+        # same code path, saved vs in-memory weights: must be bit-identical
+        expected = LoadedClip(result.model, result.tokenizer, "trained").encode_texts(captions)
         assert torch.equal(loaded.encode_texts(captions), expected)
     record = json.loads((tmp_path / "TRAINING.json").read_text())
     assert record["steps"] == 6 and record["seed"] == 0 and record["threads"] == 1
