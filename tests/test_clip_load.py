@@ -14,7 +14,7 @@ from PIL import Image
 from safetensors.torch import save_file
 from torch import nn
 
-from refseg.clip import available_models, build_model, load_clip, save_clip
+from refseg.clip import LoadedClip, available_models, build_model, load_clip, save_clip
 from refseg.clip.config import CLIP_MEAN, CLIP_STD
 from refseg.clip.convert import config_from_hf
 from refseg.clip.load import read_state_dict
@@ -25,12 +25,13 @@ from refseg.image_io import load_image
 TEXTS = ["the cat lying on the scooter seat", "a man holding 2 umbrellas!"]
 
 
-def _outputs(model_or_loaded, pixels, ids, eot_id):
-    """Image and text embeddings of either a CLIP module or a LoadedClip."""
+def _outputs(model_or_loaded, pixels, ids, tokenizer):
+    """Image and text embeddings of a CLIP module or a LoadedClip, through the same code path
+    (LoadedClip's), so that loaded weights must match bit for bit."""
+    if not hasattr(model_or_loaded, "tokenizer"):
+        model_or_loaded = LoadedClip(model_or_loaded, tokenizer, "reference")
     with torch.inference_mode():
-        if hasattr(model_or_loaded, "tokenizer"):
-            return model_or_loaded.encode_image(pixels), model_or_loaded.encode_text(ids)
-        return model_or_loaded.encode_image(pixels), model_or_loaded.encode_text(ids, eot_id)
+        return model_or_loaded.encode_image(pixels), model_or_loaded.encode_text(ids)
 
 
 def _assert_same_outputs(reference, loaded, tokenizer):
@@ -38,8 +39,8 @@ def _assert_same_outputs(reference, loaded, tokenizer):
     torch.manual_seed(7)
     pixels = torch.randn(2, 3, size, size)
     ids = tokenizer(TEXTS)
-    expected = _outputs(reference, pixels, ids, tokenizer.eot_id)
-    actual = _outputs(loaded, pixels, ids, tokenizer.eot_id)
+    expected = _outputs(reference, pixels, ids, tokenizer)
+    actual = _outputs(loaded, pixels, ids, tokenizer)
     assert torch.equal(expected[0], actual[0])
     assert torch.equal(expected[1], actual[1])
 
