@@ -18,9 +18,9 @@ from PIL import Image
 
 from refseg.clip import load_clip
 from refseg.data.shapes import sample_scene, scene_rng
-from refseg.data.shapes.programs import clearly_related
+from refseg.data.shapes.programs import related_pairs
 
-RELATIONS = {"left": "left of", "right": "right of", "above": "above", "below": "below"}
+RELATION_WORDS = {"left": "left of", "right": "right of", "above": "above", "below": "below"}
 
 
 def main() -> None:
@@ -36,19 +36,16 @@ def main() -> None:
         objs = scene.objects
         pairs = [
             (i, j, r)
-            for i in range(len(objs))
-            for j in range(len(objs))
-            for r in RELATIONS
-            if i != j and clearly_related(scene, i, j, r)
-            and (objs[i].shape, objs[i].color) != (objs[j].shape, objs[j].color)
+            for i, j, r in related_pairs(scene)
+            if (objs[i].shape, objs[i].color) != (objs[j].shape, objs[j].color)
         ]
         if not pairs:
             continue
         i, j, r = pairs[0]
         a, b = objs[i], objs[j]
-        true = f"a {a.color} {a.shape} {RELATIONS[r]} a {b.color} {b.shape}"
-        swapped = f"a {b.color} {b.shape} {RELATIONS[r]} a {a.color} {a.shape}"
-        recoloured = f"a {b.color} {a.shape} {RELATIONS[r]} a {a.color} {b.shape}"
+        true = f"a {a.color} {a.shape} {RELATION_WORDS[r]} a {b.color} {b.shape}"
+        swapped = f"a {b.color} {b.shape} {RELATION_WORDS[r]} a {a.color} {a.shape}"
+        recoloured = f"a {b.color} {a.shape} {RELATION_WORDS[r]} a {a.color} {b.shape}"
         with torch.inference_mode():
             pixels = clip.preprocess(Image.fromarray(scene.image), mode="squash")[None]
             image = F.normalize(clip.encode_image(pixels), dim=-1)

@@ -20,7 +20,7 @@ from PIL import Image
 
 from refseg.data.shapes.config import ShapesConfig
 from refseg.data.shapes.expressions import noun_phrase
-from refseg.data.shapes.programs import RELATIONS, Filter, clearly_related
+from refseg.data.shapes.programs import Filter, related_pairs
 from refseg.data.shapes.render import render_object_crop
 from refseg.data.shapes.scene import Scene, ShapeObject, sample_scene, scene_rng
 from refseg.data.shapes.words import (
@@ -77,13 +77,7 @@ def scene_captions(scene: Scene, rng: np.random.Generator) -> list[str]:
     grouped = [_counted(*keys[i], groups[keys[i]], rng) for i in rng.permutation(len(keys))]
     sized = [_object_phrase(scene.objects[i], rng, True) for i in rng.permutation(len(scene))]
     captions = [_join(grouped), _join(sized)]
-    pairs = [
-        (i, j, relation)
-        for i in range(len(scene))
-        for j in range(len(scene))
-        for relation in RELATIONS
-        if i != j and clearly_related(scene, i, j, relation)
-    ]
+    pairs = related_pairs(scene)
     if pairs:
         i, j, relation = pairs[int(rng.integers(len(pairs)))]
         # Sizes only when colour and shape alone read the same ("a red star above a red star").

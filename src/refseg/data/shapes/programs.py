@@ -218,3 +218,15 @@ def clearly_related(scene: Scene, i: int, j: int, relation: str) -> bool:
     along, across = _along(scene, relation), _across(scene, relation)
     gain = along[i] - along[j]
     return gain >= scene.config.position_margin and gain >= abs(across[i] - across[j])
+
+
+def related_pairs(scene: Scene) -> list[tuple[int, int, str]]:
+    """Every ``(i, j, relation)`` with object ``i`` clearly ``relation`` of object ``j``."""
+    count = len(scene.objects)
+    return [
+        (i, j, relation)
+        for i in range(count)
+        for j in range(count)
+        for relation in RELATIONS
+        if i != j and clearly_related(scene, i, j, relation)
+    ]
