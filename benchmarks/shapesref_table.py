@@ -53,30 +53,19 @@ def run_quiet(args: list[str]) -> None:
         raise SystemExit(f"refseg {' '.join(args)} failed ({status})")
 
 
+def eval_args(work: Path, split: str, clip: str, proposals: str, run: Path) -> list[str]:
+    """``refseg eval`` arguments for one ShapesRef split into run directory ``run``."""
+    return [
+        "eval", "--dataset", str(work), "--name", "shapesref", "--split", split,
+        "--clip", clip, "--proposals", proposals, "--out", str(run), "--no-progress",
+    ]  # fmt: skip
+
+
 def choose_alpha(work: Path, clip: str) -> float:
     """alpha with the best val mIoU for global-local with GT proposals (ties: larger alpha)."""
     run = work / "runs" / f"{clip}-val-alpha-sweep"
     grid = "0,0.25,0.5,0.75,0.85,0.95,1.0"
-    run_quiet(
-        [
-            "eval",
-            "--dataset",
-            str(work),
-            "--name",
-            "shapesref",
-            "--split",
-            "val",
-            "--clip",
-            clip,
-            "--proposals",
-            "gt",
-            "--out",
-            str(run),
-            "--no-progress",
-            "--sweep",
-            f"alpha={grid}",
-        ]
-    )
+    run_quiet(eval_args(work, "val", clip, "gt", run) + ["--sweep", f"alpha={grid}"])
     rows = json.loads((run / "sweep.json").read_text())
     best = max(rows, key=lambda r: (round(r["mIoU"], 6), r["alpha"]))
     return float(best["alpha"])
@@ -107,24 +96,7 @@ def instance_accuracy(work: Path, predictions: dict[int, dict]) -> dict[str, flo
 def evaluate(work: Path, clip: str, proposals: str, method: str, alpha: float | None) -> dict:
     name = method.replace("@val", "-val-alpha")
     run = work / "runs" / f"{clip}-{proposals}-{name}"
-    args = [
-        "eval",
-        "--dataset",
-        str(work),
-        "--name",
-        "shapesref",
-        "--split",
-        "test",
-        "--clip",
-        clip,
-        "--proposals",
-        proposals,
-        "--method",
-        method.split("@")[0],
-        "--out",
-        str(run),
-        "--no-progress",
-    ]
+    args = eval_args(work, "test", clip, proposals, run) + ["--method", method.split("@")[0]]
     if alpha is not None:
         args += ["--alpha", str(alpha)]
     start = time.perf_counter()
