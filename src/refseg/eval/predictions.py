@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ import numpy as np
 
 from refseg.errors import InputError
 from refseg.eval.metrics import MetricsAccumulator, MetricsResult
+from refseg.fileio import write_atomic
 from refseg.masks import decode_rle, encode_rle
 
 if TYPE_CHECKING:
@@ -145,21 +145,11 @@ def write_predictions(path: str | os.PathLike, records: Iterable[dict[str, Any]]
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any, *, indent: int | None = None) -> None:
-    """Write ``obj`` as JSON to ``path`` through a temp file and ``os.replace``.
+    """Write ``obj`` as JSON to ``path`` atomically, honouring the umask (see refseg.fileio).
 
     Readers never see a half-written file, and an interrupted run leaves the old one intact.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=indent)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, json.dumps(obj, indent=indent) + "\n")
 
 
 @dataclass

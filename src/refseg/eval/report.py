@@ -12,12 +12,12 @@ import json
 import os
 import re
 import sys
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from refseg.eval.metrics import MetricsResult
+from refseg.fileio import write_atomic
 
 # Yu, Seo, Son, "Zero-shot Referring Image Segmentation with Global-Local Context Features",
 # CVPR 2023, Table 1 (SPEC section 1): mIoU of Global-Local CLIP with FreeSOLO proposals and
@@ -197,17 +197,8 @@ def collect_table(run_dirs: Sequence[Path]) -> str:
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` through a temp file and ``os.replace`` (never a half-written file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``text`` atomically, honouring the umask (see :mod:`refseg.fileio`)."""
+    write_atomic(path, text)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -29,6 +29,7 @@ from refseg.data.shapes.programs import program_to_dict
 from refseg.data.shapes.scene import Scene, sample_scene, scene_rng
 from refseg.data.shapes.words import SHAPES
 from refseg.errors import InputError
+from refseg.fileio import write_atomic
 from refseg.masks import encode_rle, mask_bbox
 
 DATASET_NAME = "shapesref"
@@ -74,12 +75,6 @@ def generate_image(
     rng = scene_rng(seed, index, stream="dataset")
     scene = sample_scene(rng, config)
     return scene, [referring_expressions(scene, k, rng) for k in range(len(scene))]
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def write_shapesref(
@@ -177,8 +172,8 @@ def write_shapesref(
             {"id": category_id(s), "name": s, "supercategory": SUPERCATEGORY} for s in SHAPES
         ],
     }
-    _atomic_write(root / "instances.json", json.dumps(instances).encode("utf-8"))
-    _atomic_write(root / f"refs({SPLIT_BY}).p", pickle.dumps(refs, protocol=PICKLE_PROTOCOL))
+    write_atomic(root / "instances.json", json.dumps(instances).encode("utf-8"))
+    write_atomic(root / f"refs({SPLIT_BY}).p", pickle.dumps(refs, protocol=PICKLE_PROTOCOL))
     return ShapesRefSummary(
         root=root,
         images=images,
