@@ -36,8 +36,19 @@ OUT=${OUT:-runs/paper}
 PROPOSALS=${PROPOSALS:-sam}
 CLIPS=${CLIPS:-"RN50 ViT-B/32"}
 DEVICE=${DEVICE:-}
-REFSEG=${REFSEG:-refseg}
-PYTHON=${PYTHON:-python}
+# The project's venv (made by scripts/install.sh) when present, else whatever is on PATH.
+VENV_BIN="$(cd "$(dirname "$0")/.." && pwd)/.venv/bin"
+if [[ -x "$VENV_BIN/refseg" ]]; then
+  REFSEG=${REFSEG:-$VENV_BIN/refseg}
+  PYTHON=${PYTHON:-$VENV_BIN/python}
+else
+  REFSEG=${REFSEG:-refseg}
+  PYTHON=${PYTHON:-python}
+fi
+command -v "$REFSEG" >/dev/null || {
+  echo "reproduce_paper.sh: '$REFSEG' not found: run 'bash scripts/install.sh' first" >&2
+  exit 2
+}
 
 # name split_by split alpha (alpha per dataset: paper Sec. 4.1)
 RUNS=(
