@@ -300,6 +300,26 @@ def test_merge_refuses_shards_of_different_configurations(tmp_path, data_root, m
         merge_runs([tmp_path / "s0", tmp_path / "s1"], tmp_path / "m")
 
 
+def test_merge_never_replaces_another_configurations_merge(tmp_path, data_root, make_segmenter):
+    dataset = open_dataset(data_root, "tinyref", "val")
+    segmenter = make_segmenter(gt(data_root))
+    for tag, params in (("a", {}), ("b", {"alpha": 0.5})):
+        for i in (0, 1):
+            EvalRunner(segmenter, dataset, tmp_path / f"{tag}{i}", shard=Shard(i, 2),
+                       params=params, progress=False).run()
+    merge_runs([tmp_path / "a0", tmp_path / "a1"], tmp_path / "merged")
+    before = (tmp_path / "merged" / "metrics.json").read_bytes()
+    merge_runs([tmp_path / "a0", tmp_path / "a1"], tmp_path / "merged")  # same config: fine
+    with pytest.raises(InputError, match="another configuration.*params.alpha"):
+        merge_runs([tmp_path / "b0", tmp_path / "b1"], tmp_path / "merged")
+    assert (tmp_path / "merged" / "metrics.json").read_bytes() == before
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match="holds files but no merged run"):
+        merge_runs([tmp_path / "a0", tmp_path / "a1"], tmp_path / "other")
+    assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
+
+
 def test_shard_slices_cover_every_image_once():
     total = 11
     slices = [list(Shard(i, 4).indices(total)) for i in range(4)]
