@@ -161,6 +161,17 @@ def test_unknown_sent_ids_are_ignored_with_a_warning(golden_dataset, tmp_path, c
     assert "1 predictions have sent_ids not in refcoco val (e.g. 999)" in capsys.readouterr().err
 
 
+def test_predictions_of_another_split_are_refused(golden_dataset, tmp_path, capsys):
+    root, cases = golden_dataset
+    records = [prediction_record(sent_id, target) for sent_id, target, _ in cases[:1]]
+    records += [prediction_record(900 + i, cases[0][1]) for i in range(2)]
+    out = tmp_path / "m.json"
+    assert score(root, write_json(tmp_path / "p.json", records), "--out", str(out)) == 2
+    err = capsys.readouterr().err
+    assert "2 of 3 predictions have sent_ids that are not in refcoco val" in err
+    assert "another split" in err and not out.exists()
+
+
 def test_mask_size_mismatch_is_a_clear_error(golden_dataset, tmp_path, capsys):
     root, cases = golden_dataset
     records = [prediction_record(cases[0][0], np.ones((3, 3), bool))]

@@ -20,8 +20,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="shard run directories")
     parser.add_argument(
-        "--out", metavar="DIR", help="where to write the merged run (default: <first>/../merged); a merge of another "
-        "configuration there is refused, never replaced"
+        "--out",
+        metavar="DIR",
+        help="where to write the merged run (default: <first>/../merged); a merge of another "
+        "configuration there is refused, never replaced",
     )
     parser.set_defaults(func=run)
     return parser

@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from refseg.data import open_dataset
-from refseg.errors import DatasetError
+from refseg.errors import DatasetError, InputError
 from refseg.eval.metrics import MetricsResult
 from refseg.eval.predictions import read_predictions, score_predictions, write_json_atomic
 
@@ -53,6 +53,13 @@ def run(args: argparse.Namespace) -> int:
         raise DatasetError(f"{args.name} {args.split} has no expressions; nothing to score")
     predictions = read_predictions(args.predictions)
     report = score_predictions(dataset, predictions)
+    unmatched = len(report.unmatched_sent_ids)
+    if predictions and unmatched > len(predictions) / 2:
+        shown = ", ".join(str(s) for s in report.unmatched_sent_ids[:5])
+        raise InputError(
+            f"{unmatched} of {len(predictions)} predictions have sent_ids that are not in "
+            f"{args.name} {args.split} (e.g. {shown}): are they for another split or dataset?"
+        )
     if report.unmatched_sent_ids:
         shown = ", ".join(str(s) for s in report.unmatched_sent_ids[:5])
         print(
