@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
-from refseg.data import open_dataset
 from refseg.errors import DatasetError, InputError
-from refseg.eval.metrics import MetricsResult
-from refseg.eval.predictions import read_predictions, score_predictions, write_json_atomic
+
+if TYPE_CHECKING:  # the command's parser is built on every `refseg --help`: keep it light
+    from refseg.eval.metrics import MetricsResult
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -46,6 +47,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from refseg.data import open_dataset
+    from refseg.eval.predictions import read_predictions, score_predictions, write_json_atomic
+
     dataset = open_dataset(
         args.dataset, args.name, args.split, split_by=args.split_by, image_dir=args.images
     )
