@@ -370,6 +370,40 @@ def test_offline_without_cache_fails_fast_with_instructions(monkeypatch, tmp_pat
     assert "hf download facebook/sam-vit-base" in message
 
 
+def test_unreachable_hub_fails_fast_with_the_download_command(monkeypatch, tmp_path):
+    import huggingface_hub.constants as hub_constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr("refseg.proposals.sam.hub_reachable", lambda: False)
+    start = time.perf_counter()
+    with pytest.raises(CheckpointNotFoundError) as info:
+        resolve_sam_checkpoint("sam-vit-large", cache_dir=tmp_path)
+    assert time.perf_counter() - start < 2.0
+    message = str(info.value)
+    assert "the Hub cannot be reached" in message
+    assert "hf download facebook/sam-vit-large" in message and "--proposals DIR" in message
+
+
+@pytest.mark.parametrize("name", ["sam-vit-large", "sam-vit-huge"])
+def test_sam_sizes_are_proposal_names(monkeypatch, name):
+    seen = {}
+
+    def fake_loader(model, **kwargs):
+        seen["model"] = model
+        raise CheckpointNotFoundError("stop here")
+
+    monkeypatch.setattr("refseg.proposals.sam.load_sam_model", fake_loader)
+    with pytest.raises(CheckpointNotFoundError, match="stop here"):
+        create_proposals(name)
+    assert seen["model"] == name
+
+
+def test_a_checkpoint_directory_is_a_proposal_name(tiny_sam_dir):
+    generator = create_proposals(str(tiny_sam_dir))
+    assert isinstance(generator, SamProposals)
+
+
 def test_download_failure_becomes_checkpoint_not_found(monkeypatch, tmp_path):
     import huggingface_hub
     from huggingface_hub.errors import LocalEntryNotFoundError
@@ -383,6 +417,7 @@ def test_download_failure_becomes_checkpoint_not_found(monkeypatch, tmp_path):
         raise LocalEntryNotFoundError("cannot reach the Hub")
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", no_network)
+    monkeypatch.setattr("refseg.proposals.sam.hub_reachable", lambda: True)
     with pytest.raises(CheckpointNotFoundError, match="could not download.*sam-vit-large"):
         resolve_sam_checkpoint("sam-vit-large", cache_dir=tmp_path)
     assert calls == [("facebook/sam-vit-large", True), ("facebook/sam-vit-large", False)]

@@ -37,7 +37,7 @@ HUB_CHECKPOINTS: dict[str, HubCheckpoint] = {
 }
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
+def hub_reachable(timeout: float = 3.0) -> bool:
     """One quick TCP connect to the Hub endpoint, so offline machines fail at once
     instead of waiting through huggingface_hub's retries."""
     from huggingface_hub import constants
@@ -92,7 +92,7 @@ def _download(
         return fetch(local_only=True)
     except LocalEntryNotFoundError:
         pass
-    if not _hub_reachable():
+    if not hub_reachable():
         raise CheckpointNotFoundError(
             f"CLIP {name!r} is not in the Hugging Face cache and the Hub cannot be reached. "
             f"On a machine with internet run `hf download {repo_id} {' '.join(files)}` "

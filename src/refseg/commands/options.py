@@ -10,8 +10,9 @@ import argparse
 from refseg.errors import InputError
 
 PROPOSALS_HELP = (
-    "auto (SAM if its weights are cached, else superpixel) | sam | superpixel | a COCO-results "
-    "JSON file"
+    "auto (SAM if its weights are cached, else superpixel) | sam (= sam-vit-base) | "
+    "sam-vit-large | sam-vit-huge | a SAM checkpoint directory | superpixel | a COCO-results "
+    "JSON file (default: %(default)s)"
 )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -113,9 +114,14 @@ def create_proposals(name: str, **kwargs: Any) -> ProposalGenerator:
         return _REGISTRY[name](**kwargs)
     if name.lower().endswith(".json"):
         return _REGISTRY["file"](path=name, **kwargs)
-    valid = ", ".join(sorted(_REGISTRY))
+    from refseg.proposals.sam import SAM_CHECKPOINTS
+
+    if name in SAM_CHECKPOINTS or Path(name).expanduser().is_dir():
+        return _REGISTRY["sam"](model=name, **kwargs)  # a SAM by size, or a local checkpoint
+    valid = ", ".join([*sorted(_REGISTRY), *SAM_CHECKPOINTS])
     raise InputError(
-        f"unknown proposal generator {name!r}; choose one of: {valid}, or a path to a .json file"
+        f"unknown proposal generator {name!r}; choose one of: {valid}, a SAM checkpoint "
+        "directory, or a path to a .json file"
     )
 
 

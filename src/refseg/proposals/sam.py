@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from refseg.clip.hub import hub_reachable
 from refseg.errors import (
     CheckpointFormatError,
     CheckpointNotFoundError,
@@ -485,11 +486,13 @@ def _hub_snapshot(repo_id: str, cache_dir: str | os.PathLike | None) -> Path:
         pass
     except ValueError as exc:  # malformed repo id
         raise CheckpointNotFoundError(f"invalid SAM checkpoint name {repo_id!r}: {exc}") from None
-    if _hub_offline():
+    if _hub_offline() or not hub_reachable():
+        reason = "HF_HUB_OFFLINE is set" if _hub_offline() else "the Hub cannot be reached"
         raise CheckpointNotFoundError(
             f"SAM checkpoint {repo_id!r} is not in the Hugging Face cache ({cache}) and "
-            "HF_HUB_OFFLINE is set. Download it once with network access "
-            f"(`hf download {repo_id}`), or pass a directory saved by SamModel.save_pretrained."
+            f"{reason}. On a machine with internet run `hf download {repo_id}` and copy the "
+            "cache (HF_HOME) here, or pass a directory saved by SamModel.save_pretrained "
+            "(`--proposals DIR`)."
         )
     try:
         folder = Path(snapshot_download(repo_id, cache_dir=cache, allow_patterns=_HUB_PATTERNS))
