@@ -36,9 +36,37 @@ def soft_resize(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Bilinear resize of masks ``[N, H, W]`` (any dtype) to float weights ``[N, h, w]``.
 
     Used to bring proposals onto a feature grid (7x7 for RN50, the patch grid for ViT).
+    Equal to ``F.interpolate(..., mode="bilinear", align_corners=False)`` on float32 masks.
+    When shrinking, each output cell reads only its two nearest source rows and columns, so
+    only those are gathered and converted to float: a 2048x2048 mask costs a few rows instead
+    of a 16 MB float copy.
     """
-    values = masks.to(torch.float32)[:, None]
-    return F.interpolate(values, size=size, mode="bilinear", align_corners=False)[:, 0]
+    height, width = masks.shape[-2:]
+    out_h, out_w = size
+    if out_h > height or out_w > width or masks.shape[0] == 0:
+        values = masks.to(torch.float32)[:, None]
+        return F.interpolate(values, size=size, mode="bilinear", align_corners=False)[:, 0]
+    top, bottom, row_weight = _bilinear_taps(height, out_h, masks.device)
+    left, right, col_weight = _bilinear_taps(width, out_w, masks.device)
+    near = masks.index_select(1, top).to(torch.float32)
+    far = masks.index_select(1, bottom).to(torch.float32)
+    rows = near * (1 - row_weight)[:, None] + far * row_weight[:, None]
+    return rows.index_select(2, left) * (1 - col_weight) + rows.index_select(2, right) * col_weight
+
+
+def _bilinear_taps(
+    source: int, target: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Source indices and weights of ``align_corners=False`` bilinear sampling (torch's rule:
+    ``src = (dst + 0.5) * source / target - 0.5``, clamped at 0)."""
+    # torch rounds the scale to float32 and evaluates scale * (dst + 0.5) - 0.5 as one fused
+    # multiply-add: exact in float64, rounded once to float32.
+    scale = float(torch.tensor(source / target, dtype=torch.float32))
+    exact = scale * (torch.arange(target, dtype=torch.float64) + 0.5) - 0.5
+    position = exact.to(torch.float32).clamp(min=0)
+    low = position.floor().to(torch.long).clamp(max=source - 1)
+    high = (low + 1).clamp(max=source - 1)
+    return low.to(device), high.to(device), (position - low).to(device)
 
 
 def mask_bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
