@@ -286,3 +286,22 @@ def test_trimmed_padding_gives_the_same_text_features(tiny_clip, tiny_tokenizer)
         full = tiny_clip.encode_text(ids, tiny_tokenizer.eot_id)
         trimmed = loaded.encode_text(ids)
     assert torch.allclose(full, trimmed, atol=1e-6)
+
+
+@pytest.mark.parametrize("grid", [(7, 7), (5, 6)])
+def test_weighted_pooling_equals_pooling_the_weighted_map(grid) -> None:
+    from refseg.clip.model import AttentionPool2d
+
+    torch.manual_seed(0)
+    pool = AttentionPool2d(7, 64, 4, 32).eval()
+    features = torch.randn(1, 64, *grid)
+    weights = torch.rand(9, *grid)
+    weights[0] = 1.0  # the unmasked map
+    weights[1] = 0.0  # nothing left but positions
+    with torch.inference_mode():
+        expected = pool(features * weights[:, None])
+        got = pool.forward_weighted(features, weights)
+        assert (got - expected).abs().max().item() < 1e-5
+        assert (got[0] - pool(features)[0]).abs().max().item() < 1e-5
+        with pytest.raises(ValueError, match="one feature map"):
+            pool.forward_weighted(features.expand(2, -1, -1, -1), weights)

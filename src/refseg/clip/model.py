@@ -332,6 +332,40 @@ class AttentionPool2d(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v)  # [B, heads, 1, head_dim]
         return self.c_proj(out.transpose(1, 2).reshape(batch, width))
 
+    def forward_weighted(self, features: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """``forward(features * weights[:, None])`` for N weight maps of one feature map.
+
+        Every token is ``w_p * F_p + pos_p`` (the mean token ``mean_p(w_p F_p) + pos_0``), so
+        its q/k/v projections are ``w_p * (W F_p) + (W pos_p + b)``: the projections of the
+        map are computed once, not once per mask. ``features [1, C, H, W]``,
+        ``weights [N, H, W]`` -> ``[N, D]``.
+        """
+        if features.shape[0] != 1:
+            raise ValueError("forward_weighted pools one feature map; got a batch")
+        x = features.flatten(2)[0].transpose(0, 1)  # [HW, C]
+        pos = interpolate_pos_embedding(self.positional_embedding, features.shape[-2:]).to(x.dtype)
+        w = weights.flatten(1).to(x.dtype)  # [N, HW]
+        batch, width = w.shape[0], x.shape[1]
+        heads, head_dim = self.num_heads, width // self.num_heads
+
+        def project(linear: nn.Linear, with_mean: bool) -> torch.Tensor:
+            per_position = x @ linear.weight.T  # W F_p, [HW, C]
+            offsets = F.linear(pos, linear.weight, linear.bias)  # W pos + b, [1 + HW, C]
+            mean = (w @ per_position) / x.shape[0]  # W mean_p(w_p F_p), [N, C]
+            if not with_mean:
+                return mean[:, None] + offsets[:1]
+            rest = w[:, :, None] * per_position + offsets[1:]
+            return torch.cat([mean[:, None] + offsets[:1], rest], dim=1)  # [N, 1 + HW, C]
+
+        def split(t: torch.Tensor) -> torch.Tensor:
+            return t.view(batch, t.shape[1], heads, head_dim).transpose(1, 2)
+
+        q = split(project(self.q_proj, with_mean=False))
+        k = split(project(self.k_proj, with_mean=True))
+        v = split(project(self.v_proj, with_mean=True))
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.c_proj(out.transpose(1, 2).reshape(batch, width))
+
     def dense(self, features: torch.Tensor) -> torch.Tensor:
         """MaskCLIP dense features: every position's value through ``c_proj``.
 

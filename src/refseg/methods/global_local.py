@@ -80,7 +80,7 @@ def rn_global_features(
     is used (as in the reference). ``masks [N, H, W]`` -> ``[N, D]``.
     """
     weights = soft_resize(masks, trunk.shape[-2:]).to(device=trunk.device, dtype=trunk.dtype)
-    return visual.attnpool(trunk * weights[:, None])
+    return visual.attnpool.forward_weighted(trunk, weights)
 
 
 def masked_crops(image: Image.Image, masks: np.ndarray, config: PreprocessConfig) -> torch.Tensor:
