@@ -12,6 +12,10 @@ Each task is one :class:`Referent` with one :class:`Expression`. ``Polygons`` ho
 instance, a list of polygons of ``[x, y]`` points; the target is the union of all
 instances. Tasks have string ids, so expressions get ``sent_id`` = the task's position
 in ``refer_<split>.json`` (stable for a given file) and keep ``task_id`` on the referent.
+
+A split name joined with ``_`` (``val_miniv``) is the union of its parts' files, as the
+dataset's own loader reads it: ``refer_val.json`` lacks the 100 miniv images, so the whole
+validation set is ``val_miniv``.
 """
 
 from __future__ import annotations
@@ -34,7 +38,8 @@ from refseg.data.refer import (
 )
 from refseg.errors import DatasetError
 
-# Splits published with the dataset ("miniv": 20 validation images for debugging).
+# Splits published with the dataset ("miniv": 100 validation images for debugging, not in
+# refer_val.json; "val_miniv" is the whole validation set).
 PHRASECUT_SPLITS: tuple[str, ...] = ("train", "val", "test", "miniv")
 IMAGE_INFO_FILES: tuple[str, ...] = ("image_data_split.json", "image_data_split3000.json")
 
@@ -62,7 +67,8 @@ class PhraseCutDataset(ImageDataset):
 
     Args:
         root: the folder holding ``refer_<split>.json`` (``.../VGPhraseCut_v0``).
-        split: ``train``, ``val``, ``test`` or ``miniv`` (or any ``refer_<split>.json``).
+        split: ``train``, ``val``, ``test``, ``miniv`` (or any ``refer_<split>.json``), or
+            parts joined with ``_`` such as ``val_miniv``: the union of their files.
         image_dir: where ``<image_id>.jpg`` live; default ``root/images``.
 
     Raises:
@@ -80,16 +86,25 @@ class PhraseCutDataset(ImageDataset):
         self.image_dir = Path(image_dir) if image_dir is not None else self.root / "images"
         if image_dir is not None and not self.image_dir.is_dir():
             raise DatasetError(f"image directory not found: {self.image_dir}")
-        tasks = load_json(self._split_file())
-        if not isinstance(tasks, list):
-            raise DatasetError(f"{self._split_file()} must hold a list of tasks; {README_HINT}")
+        tasks: list[Any] = []
+        for path in self._split_files():
+            part = load_json(path)
+            if not isinstance(part, list):
+                raise DatasetError(f"{path} must hold a list of tasks; {README_HINT}")
+            tasks += part
         self._image_info = self._load_image_info()
         self._index(tasks)
 
-    def _split_file(self) -> Path:
+    def _split_files(self) -> list[Path]:
+        """``refer_<split>.json``; for ``a_b`` without such a file, refer_a.json + refer_b.json."""
         path = self.root / f"refer_{self.split}.json"
         if path.is_file():
-            return path
+            return [path]
+        parts = self.split.split("_")
+        if len(parts) > 1 and all(parts):
+            paths = [self.root / f"refer_{part}.json" for part in parts]
+            if all(p.is_file() for p in paths):
+                return paths
         present = sorted(
             p.name[len("refer_") : -len(".json")]
             for p in self.root.glob("refer_*.json")
@@ -119,7 +134,8 @@ class PhraseCutDataset(ImageDataset):
         for index, task in enumerate(tasks):
             if not isinstance(task, dict) or "image_id" not in task or "Polygons" not in task:
                 raise DatasetError(
-                    f"{self._split_file()}: task {index} lacks image_id / Polygons; {README_HINT}"
+                    f"PhraseCut split {self.split!r}: task {index} lacks image_id / Polygons; "
+                    f"{README_HINT}"
                 )
             name = _category_name(task)
             if name is not None:

@@ -47,6 +47,16 @@ KNOWN_SPLITS: dict[tuple[str, str], tuple[str, ...]] = {
     ("refcocog", "google"): ("train", "val"),
 }
 
+# The refer API's getRefIds puts refs marked with this split in both testA and testB.
+SHARED_TEST_SPLIT = "testAB"
+
+
+def in_split(ref_split: Any, split: str) -> bool:
+    """Whether a ref whose ``split`` field is ``ref_split`` belongs to ``split``, as the
+    refer API decides: exact match, and ``testAB`` refs count in testA and in testB."""
+    return ref_split == split or (ref_split == SHARED_TEST_SPLIT and split in ("testA", "testB"))
+
+
 # Where the images are looked for, relative to the dataset root, after an explicit image_dir.
 IMAGE_DIR_CANDIDATES: tuple[str, ...] = (
     "{name}/images",
@@ -249,7 +259,7 @@ class ReferDataset(ImageDataset):
         self._annotations: dict[int, dict[str, Any]] = {}
         self._categories = categories
         for ref in refs:
-            if ref.get("split") != self.split:
+            if not in_split(ref.get("split"), self.split):
                 continue
             ref_id = ref.get("ref_id")
             try:

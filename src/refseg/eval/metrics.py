@@ -23,9 +23,18 @@ import numpy as np
 
 from refseg.masks import intersection_union
 
-# Prec@X thresholds reported by RIS papers (LAVT, CRIS, Global-Local CLIP): an expression
-# counts as correct at X when its IoU >= X.
+# Prec@X thresholds reported by RIS papers (LAVT, CRIS, Global-Local CLIP).
 PRECISION_THRESHOLDS: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9)
+
+# Whether an IoU exactly at X counts differs between the field's evaluators, so each
+# benchmark uses its own: LAVT's RefCOCO code counts IoU >= X; CRIS's code and PhraseCut's
+# evaluator.py count IoU > X. Datasets named here are scored with ">", all others with ">=".
+STRICT_PRECISION_DATASETS: frozenset[str] = frozenset({"phrasecut"})
+
+
+def strict_precision(dataset_name: str | None) -> bool:
+    """True when ``dataset_name``'s own evaluator counts a hit at X only for IoU > X."""
+    return (dataset_name or "").lower() in STRICT_PRECISION_DATASETS
 
 
 @dataclass(frozen=True)
@@ -55,7 +64,8 @@ class MetricsResult:
     Attributes:
         oiou: overall IoU = 100 * sum(I) / sum(U).
         miou: 100 * mean of per-expression IoU.
-        precision: threshold -> 100 * fraction of expressions with IoU >= threshold.
+        precision: threshold -> 100 * fraction of expressions with IoU >= threshold
+            (IoU > threshold for an accumulator built with ``strict=True``).
         n_expressions: expressions scored (missing ones included).
         n_missing: expressions without a prediction (scored as IoU 0).
         n_no_proposals: expressions whose generator gave no masks (scored as IoU 0).
@@ -129,10 +139,13 @@ class MetricsAccumulator:
     Accumulators from shards combine with :meth:`merge`.
     """
 
-    def __init__(self, thresholds: Sequence[float] = PRECISION_THRESHOLDS) -> None:
+    def __init__(
+        self, thresholds: Sequence[float] = PRECISION_THRESHOLDS, *, strict: bool = False
+    ) -> None:
         if not thresholds or any(not 0.0 < t <= 1.0 for t in thresholds):
             raise ValueError(f"precision thresholds must lie in (0, 1]; got {thresholds}")
         self.thresholds = tuple(float(t) for t in thresholds)
+        self.strict = strict  # precision@X counts IoU > X (PhraseCut) instead of IoU >= X
         self.records: list[ExpressionScore] = []
 
     def __len__(self) -> int:
@@ -221,23 +234,30 @@ class MetricsAccumulator:
         """Append another accumulator's records (e.g. from another shard)."""
         if other.thresholds != self.thresholds:
             raise ValueError("cannot merge accumulators with different precision thresholds")
+        if other.strict != self.strict:
+            raise ValueError("cannot merge accumulators with different precision rules")
         self.records.extend(other.records)
 
     def result(self) -> MetricsResult:
         """Aggregate all records, with a breakdown per group name (sorted)."""
         names = sorted({name for record in self.records for name in record.groups})
         groups = {
-            name: _aggregate([r for r in self.records if name in r.groups], self.thresholds)
+            name: _aggregate(
+                [r for r in self.records if name in r.groups], self.thresholds, self.strict
+            )
             for name in names
         }
-        overall = _aggregate(self.records, self.thresholds)
+        overall = _aggregate(self.records, self.thresholds, self.strict)
         return replace(overall, groups=groups)
 
 
-def _aggregate(records: Sequence[ExpressionScore], thresholds: Sequence[float]) -> MetricsResult:
+def _aggregate(
+    records: Sequence[ExpressionScore], thresholds: Sequence[float], strict: bool = False
+) -> MetricsResult:
     n = len(records)
     ious = [r.iou for r in records]
-    precision = {t: _percent(sum(iou >= t for iou in ious), n) for t in thresholds}
+    hit = (lambda iou, t: iou > t) if strict else (lambda iou, t: iou >= t)
+    precision = {t: _percent(sum(hit(iou, t) for iou in ious), n) for t in thresholds}
     classed = [r for r in records if r.class_correct is not None]
     mc_acc = cc_oiou = None
     if classed:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from refseg.errors import InputError
-from refseg.eval.metrics import MetricsAccumulator, MetricsResult
+from refseg.eval.metrics import MetricsAccumulator, MetricsResult, strict_precision
 from refseg.fileio import write_atomic
 from refseg.masks import decode_rle, encode_rle
 
@@ -174,12 +174,13 @@ def score_predictions(
 
     Each target mask is decoded once per referent. mc-acc / cc-oIoU are computed when any
     record carries a ``category_id`` (the class of the chosen ground-truth proposal).
+    precision@X follows the dataset's own evaluator (PhraseCut: IoU > X; others: IoU >= X).
 
     Raises:
         InputError: a prediction's mask size differs from its image's size.
     """
     use_categories = any("category_id" in record for record in predictions.values())
-    accumulator = MetricsAccumulator()
+    accumulator = MetricsAccumulator(strict=strict_precision(getattr(dataset, "name", None)))
     missing: list[int] = []
     seen: set[int] = set()
     for image in dataset:

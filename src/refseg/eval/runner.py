@@ -43,7 +43,7 @@ from tqdm import tqdm
 import refseg
 from refseg.data import ImageDataset, ImageSample
 from refseg.errors import InputError
-from refseg.eval.metrics import MetricsAccumulator, MetricsResult
+from refseg.eval.metrics import MetricsAccumulator, MetricsResult, strict_precision
 from refseg.eval.predictions import prediction_record, write_json_atomic, write_predictions
 from refseg.eval.report import run_report, write_text_atomic
 from refseg.eval.sweep import sweep_markdown, sweep_rows
@@ -131,16 +131,19 @@ class ImageOutcome:
         return cls(**{key: data[key] for key in cls.__dataclass_fields__})
 
 
-def accumulate(outcomes: Iterable[ImageOutcome], point: int = 0) -> MetricsAccumulator:
+def accumulate(
+    outcomes: Iterable[ImageOutcome], point: int = 0, *, strict: bool = False
+) -> MetricsAccumulator:
     """Metrics of sweep point ``point`` (0 = main) over ``outcomes``.
 
     mc-acc / cc-oIoU are computed when the proposals carried classes (ground truth), as
     ``refseg score`` does when predictions carry ``category_id``. Expressions of an image
-    without proposals are scored as IoU 0 and counted in ``n_no_proposals``.
+    without proposals are scored as IoU 0 and counted in ``n_no_proposals``. ``strict``:
+    precision@X counts IoU > X (the benchmark's own rule, see ``strict_precision``).
     """
     outcomes = list(outcomes)
     use_classes = any(c[3] is not None for o in outcomes for c in o.choices[point])
-    accumulator = MetricsAccumulator()
+    accumulator = MetricsAccumulator(strict=strict)
     for outcome in outcomes:
         for expression, choice in zip(outcome.expressions, outcome.choices[point], strict=True):
             proposal, inter, union, category = choice
@@ -599,7 +602,8 @@ def write_outputs(
     """
     outcomes = sorted(outcomes, key=lambda o: o.index)
     sweep = list(config.get("sweep") or [])
-    results = [accumulate(outcomes, p).result() for p in range(1 + len(sweep))]
+    strict = strict_precision((config.get("settings") or {}).get("dataset"))
+    results = [accumulate(outcomes, p, strict=strict).result() for p in range(1 + len(sweep))]
     write_predictions(run_dir / PREDICTIONS_FILE, (r for o in outcomes for r in o.predictions))
     write_json_atomic(run_dir / METRICS_FILE, results[0].to_dict(), indent=2)
     if sweep:
