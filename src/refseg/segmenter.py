@@ -26,6 +26,7 @@ from refseg.errors import InputError
 from refseg.image_io import ImageSource, cap_pixels, load_image
 from refseg.masks import resize_masks
 from refseg.methods import GlobalLocalConfig, ImageContext, TextBatch, resolve_method
+from refseg.methods.pixels import prepare_pixels
 from refseg.proposals import MaskProposals, ProposalGenerator, create_proposals
 from refseg.results import SegmentationResult
 from refseg.text import PhraseExtractor
@@ -44,7 +45,7 @@ class Segmenter:
         clip: a loaded CLIP (see :func:`refseg.clip.load_clip`).
         proposals: a generator, or ``None`` to pass proposals to :meth:`set_image` yourself.
         method: a registered method name (see :func:`refseg.methods.available_methods`).
-        config: alpha, beta, k and normalisation (paper defaults).
+        config: alpha, beta, k, normalisation and pixel preset (paper defaults).
         phrases: target noun phrase extractor; default auto-detects a spaCy pipeline.
         max_pixels: downscale larger images to this many pixels.
     """
@@ -82,6 +83,7 @@ class Segmenter:
         beta: float | None = None,
         k: int | None = None,
         normalization: str | None = None,
+        pixels: str | None = None,
         device: str | None = None,
         dtype: torch.dtype | None = None,
         spacy_pipeline: str | None = None,
@@ -93,7 +95,13 @@ class Segmenter:
         ``proposals="auto"`` uses SAM when transformers and a cached ``sam-vit-base`` are
         available, else the weight-free superpixel generator.
         """
-        values = {"alpha": alpha, "beta": beta, "k": k, "normalization": normalization}
+        values = {
+            "alpha": alpha,
+            "beta": beta,
+            "k": k,
+            "normalization": normalization,
+            "pixels": pixels,
+        }
         try:
             config = replace(
                 GlobalLocalConfig(), **{k_: v for k_, v in values.items() if v is not None}
@@ -142,9 +150,25 @@ class Segmenter:
             proposals = replace(proposals, masks=resize_masks(proposals.masks, working_size))
         if len(proposals) == 0:
             warnings.warn("no mask proposals for this image: results will be empty", stacklevel=2)
-        pixels = self.clip.preprocess(working, mode="squash")[None]
-        self.context = ImageContext(working, original_size, pixels, proposals, key=image_key)
+        preset = self.config.pixels
+        pixels, crop_source = prepare_pixels(self.clip, working, preset)
+        self.context = ImageContext(
+            working,
+            original_size,
+            pixels,
+            proposals,
+            key=image_key,
+            pixel_preset=preset,
+            crop_source=crop_source,
+        )
         return self.context
+
+    @staticmethod
+    def _use_pixels(clip: LoadedClip, context: ImageContext, preset: str) -> None:
+        """Re-prepare the context's pixels for another preset; its features are dropped."""
+        context.pixels, context.crop_source = prepare_pixels(clip, context.image, preset)
+        context.pixel_preset = preset
+        context.cache.clear()
 
     # ------------------------------------------------------------------ text side
     def _encode_texts(self, texts: Sequence[str]) -> TextBatch:
@@ -197,6 +221,9 @@ class Segmenter:
         except (TypeError, ValueError) as exc:
             raise InputError(str(exc)) from None
         chosen, config = resolve_method(method or self.method, config)
+        if config.pixels != context.pixel_preset:
+            with context.timed("pixels"):
+                self._use_pixels(self.clip, context, config.pixels)
         with context.timed("text"):
             text = self._encode_texts(texts)
         return chosen.scores(self.clip, context, text, config).float().cpu(), text

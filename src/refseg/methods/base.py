@@ -26,10 +26,15 @@ class ImageContext:
     Attributes:
         image: the RGB image methods see (downscaled if it exceeded the pixel cap).
         original_size: ``(height, width)`` of the image as given; results are mapped back.
-        pixels: ``float32 [1, 3, S, S]`` the whole image preprocessed for CLIP (squashed).
+        pixels: ``float32 [1, 3, S, S]`` the whole image preprocessed for CLIP (squashed),
+            as the pixel preset ``pixel_preset`` prepares it (see refseg.methods.pixels).
         proposals: masks at ``image``'s resolution.
         cache: method-specific visual features, keyed by what they depend on.
         timings: seconds spent per stage (``trunk``, ``global``, ``local``, ...).
+        pixel_preset: ``"reference"`` or ``"clean"``: how ``pixels`` and the local crops
+            are prepared.
+        crop_source: the ``reference`` preset's 800-px ImageNet-normalised image
+            ``[3, H', W']``, from which its local crops are cut; ``None`` for ``clean``.
     """
 
     image: Image.Image
@@ -39,6 +44,8 @@ class ImageContext:
     cache: dict[Any, torch.Tensor] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     key: Any = None
+    pixel_preset: str = "clean"
+    crop_source: torch.Tensor | None = None
 
     @contextmanager
     def timed(self, stage: str) -> Iterator[None]:

@@ -14,15 +14,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
-from refseg.clip.config import PreprocessConfig
 from refseg.clip.model import CLIP, ModifiedResNet, VisionTransformer
-from refseg.clip.preprocess import mean_color, normalize
-from refseg.masks import mask_bbox, soft_resize
+from refseg.masks import soft_resize
+from refseg.methods.pixels import check_preset
+from refseg.methods.pixels import masked_crops as masked_crops  # re-exported (moved there)
 
 NORMALIZATIONS = ("reference", "unit")
 
@@ -42,6 +40,10 @@ class GlobalLocalConfig:
     normalization: str = "reference"
     # RN: L2-normalise the 2048-d feature at every position before masking (reference code).
     normalize_positions: bool = True
+    # How the image becomes CLIP's pixels (refseg.methods.pixels): "reference" reproduces
+    # the authors' code (800-px ImageNet-normalised tensor, FreeSOLO's box, no-antialias
+    # resizes); "clean" uses CLIP's statistics, the tight box and bicubic resizes.
+    pixels: str = "reference"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.alpha <= 1.0:
@@ -52,6 +54,7 @@ class GlobalLocalConfig:
             raise ValueError(f"k must be >= 1; got {self.k}")
         if self.normalization not in NORMALIZATIONS:
             raise ValueError(f"normalization must be one of {NORMALIZATIONS}")
+        check_preset(self.pixels)
 
 
 def vit_global_features(
@@ -81,33 +84,6 @@ def rn_global_features(
     """
     weights = soft_resize(masks, trunk.shape[-2:]).to(device=trunk.device, dtype=trunk.dtype)
     return visual.attnpool.forward_weighted(trunk, weights)
-
-
-def masked_crops(image: Image.Image, masks: np.ndarray, config: PreprocessConfig) -> torch.Tensor:
-    """Local-context inputs: ``[N, 3, S, S]`` float32.
-
-    Each crop is the image with pixels outside the mask set to the normalisation mean (so
-    they become 0 after normalising), cropped to the mask's bounding box and resized to
-    ``S x S`` (bicubic, aspect not kept, as the reference does).
-    """
-    array = np.asarray(image.convert("RGB"))
-    fill = np.array(mean_color(config), dtype=np.uint8)
-    size = config.image_size
-    crops = []
-    for mask in masks:
-        box = mask_bbox(mask)
-        if box is None:  # an empty proposal: an all-mean crop
-            crops.append(np.broadcast_to(fill, (size, size, 3)))
-            continue
-        x, y, w, h = box
-        region = np.where(mask[y : y + h, x : x + w, None], array[y : y + h, x : x + w], fill)
-        crop = Image.fromarray(np.ascontiguousarray(region)).resize(
-            (size, size), Image.Resampling.BICUBIC
-        )
-        crops.append(np.asarray(crop))
-    if not crops:
-        return torch.zeros((0, 3, size, size))
-    return torch.stack([normalize(c, config) for c in crops])
 
 
 def combine_scores(

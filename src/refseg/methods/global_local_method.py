@@ -10,11 +10,11 @@ from refseg.methods.global_local import (
     GlobalLocalConfig,
     combine_scores,
     is_vit,
-    masked_crops,
     rn_global_features,
     rn_trunk,
     vit_global_features,
 )
+from refseg.methods.pixels import local_inputs
 
 # Local crops go through CLIP in chunks of this many, bounding memory for 100+ proposals.
 LOCAL_BATCH = 64
@@ -67,10 +67,11 @@ def global_features(
 
 
 def local_features(clip: LoadedClip, context: ImageContext) -> torch.Tensor:
-    """f^L ``[N, D]``: masked crops through the full image tower (cached)."""
+    """f^L ``[N, D]``: masked crops (per the context's pixel preset) through the full image
+    tower (cached)."""
 
     def compute() -> torch.Tensor:
-        crops = masked_crops(context.image, context.proposals.masks, clip.config.preprocess)
+        crops = local_inputs(clip, context)
         chunks = [
             clip.encode_image(crops[i : i + LOCAL_BATCH]) for i in range(0, len(crops), LOCAL_BATCH)
         ]
