@@ -77,7 +77,9 @@ def test_batched_proposals_equal_one_proposal_at_a_time(segmenter):
 
 
 def test_scores_match_the_papers_formula_recomputed_by_hand(segmenter):
-    """f = a f^G + (1-a) f^L, t = b psi(T) + (1-b) psi(NP); reference normalisation."""
+    """f = a f^G + (1-a) f^L, t = b psi(T) + (1-b) psi(NP); reference normalisation, clean
+    pixels (the reference pixel preset is checked in test_reference_pixels.py)."""
+    segmenter.config = GlobalLocalConfig(k=2, pixels="clean")
     clip, config = segmenter.clip, segmenter.config
     image, proposals = _image(), _proposals()
     context = segmenter.set_image(image, proposals=proposals)

@@ -87,6 +87,8 @@ def run(args: argparse.Namespace) -> int:
 
     from refseg.commands.score import format_table
     from refseg.data import ReferDataset, open_dataset
+    from refseg.eval.metrics import strict_precision
+    from refseg.eval.report import PIXELS_DESCRIPTION
     from refseg.eval.runner import EvalRunner, Shard
     from refseg.eval.sweep import check_points, grid_points, parse_sweep
     from refseg.methods import ALPHA_BY_DATASET
@@ -118,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
         beta=args.beta,
         k=args.k,
         normalization=args.normalization,
+        pixels=args.pixels,
         device=args.device,
         spacy_pipeline=args.spacy,
         max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS,
@@ -157,6 +160,9 @@ def run(args: argparse.Namespace) -> int:
     )
     title = f"{args.name} {args.split}" + (f" ({split_by})" if split_by else "")
     print(format_table(summary.metrics, title))
+    pixels = segmenter.config.pixels
+    rule = "IoU > X" if strict_precision(args.name) else "IoU >= X"
+    print(f"pixels: {PIXELS_DESCRIPTION[pixels]}; precision@X counts {rule}")
     if summary.sweep:
         print(f"sweep: {len(summary.sweep)} points -> {out / 'sweep.md'}")
     print(f"wrote {out}/ (predictions.json, metrics.json, report.md, config.json)")

@@ -9,6 +9,9 @@ import argparse
 
 from refseg.errors import InputError
 
+# refseg.methods.pixels.PIXEL_PRESETS, spelt out so that --help imports no torch.
+PIXEL_PRESETS = ("reference", "clean")
+
 PROPOSALS_HELP = (
     "auto (SAM if its weights are cached, else superpixel) | sam (= sam-vit-base) | "
     "sam-vit-large | sam-vit-huge | a SAM checkpoint directory | superpixel | a COCO-results "
@@ -24,8 +27,8 @@ def add_model_options(
     alpha_help: str = "global/local visual mix (paper 0.95)",
     hyper_parameters: bool = True,
 ) -> None:
-    """``--clip --proposals --method [--alpha --beta --k --normalization] --device --spacy
-    --max-pixels``."""
+    """``--clip --proposals --method [--alpha --beta --k --normalization --pixels] --device
+    --spacy --max-pixels``."""
     parser.add_argument(
         "--clip", default="ViT-B/32", help="CLIP name or checkpoint path (offline demo: shapes-vit)"
     )
@@ -39,6 +42,13 @@ def add_model_options(
             "--normalization",
             choices=("reference", "unit"),
             help="feature mixing: the authors' code (default) or all unit-normalised",
+        )
+        parser.add_argument(
+            "--pixels",
+            choices=PIXEL_PRESETS,
+            help="how the image becomes CLIP's pixels: the authors' code (reference, default: "
+            "800-px ImageNet-normalised, FreeSOLO box) or clean (CLIP statistics, tight box, "
+            "bicubic)",
         )
     parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda if available")
     parser.add_argument("--spacy", help="spaCy pipeline name or path (default: auto-detect)")

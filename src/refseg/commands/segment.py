@@ -50,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
         beta=args.beta,
         k=args.k,
         normalization=args.normalization,
+        pixels=args.pixels,
         device=args.device,
         spacy_pipeline=args.spacy,
         max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS,

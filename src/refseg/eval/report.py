@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from refseg.eval.metrics import MetricsResult
+from refseg.eval.metrics import MetricsResult, strict_precision
 from refseg.fileio import write_atomic
 
 # Yu, Seo, Son, "Zero-shot Referring Image Segmentation with Global-Local Context Features",
@@ -35,6 +35,19 @@ PAPER_MIOU: dict[tuple[str, str, str], float] = {
 }
 PAPER_CLIP = "ViT-B/32"
 PAPER_SETTING = "Yu et al. CVPR 2023: FreeSOLO proposals, CLIP ViT-B/32"
+
+# What each pixel preset is (refseg.methods.pixels); runs from before the presets existed
+# record none and used the clean pipeline.
+PIXELS_DESCRIPTION = {
+    "reference": "reference (the authors' code: 800-px ImageNet-normalised, FreeSOLO box)",
+    "clean": "clean (CLIP statistics, tight box, bicubic)",
+}
+PIXELS_BEFORE_PRESETS = "clean"
+
+
+def run_pixels(config: Mapping[str, Any]) -> str:
+    """The pixel preset a run used (``clean`` for runs that predate the presets)."""
+    return str(config.get("params", {}).get("pixels") or PIXELS_BEFORE_PRESETS)
 
 
 def paper_miou(dataset: str | None, split_by: str | None, split: str | None, clip: str | None
@@ -80,11 +93,15 @@ def run_report(
     knobs = ", ".join(f"{k} {v}" for k, v in params.items())
     lines.append(f"| method | {method} ({knobs}) |")
     lines.append(f"| CLIP | {settings.get('clip')} |")
+    pixels = run_pixels(config)
+    lines.append(f"| pixels | {PIXELS_DESCRIPTION.get(pixels, pixels)} |")
     lines.append(f"| proposals | {settings.get('proposals')} |")
     lines.append(f"| noun phrases | {settings.get('phrases') or 'whole sentence (no spaCy)'} |")
     no_prop = f" ({no_proposal_images} without proposals: IoU 0)" if no_proposal_images else ""
     lines.append(f"| images | {images}{no_prop}, {where} |")
     lines.append(f"| expressions | {metrics.n_expressions} |")
+    rule = "IoU > X (the benchmark's rule)" if strict_precision(name) else "IoU >= X"
+    lines.append(f"| precision@X counts | {rule} |")
     lines.append("")
 
     paper = paper_miou(name, split_by, split, settings.get("clip"))
@@ -166,6 +183,7 @@ def collect_rows(run_dirs: Sequence[Path]) -> list[dict[str, Any]]:
                 "clip": settings.get("clip"),
                 "proposals": settings.get("proposals"),
                 "alpha": config.get("params", {}).get("alpha"),
+                "pixels": run_pixels(config),
                 "n": metrics.get("n_expressions"),
                 "oIoU": metrics.get("oIoU"),
                 "mIoU": metrics.get("mIoU"),
@@ -178,9 +196,9 @@ def collect_rows(run_dirs: Sequence[Path]) -> list[dict[str, Any]]:
 def collect_table(run_dirs: Sequence[Path]) -> str:
     """Markdown table of :func:`collect_rows`, with our mIoU minus the paper's."""
     lines = [
-        "| dataset | split | CLIP | proposals | alpha | expressions | oIoU | mIoU | paper mIoU "
-        "| Δ mIoU |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
+        "| dataset | split | CLIP | proposals | pixels | alpha | expressions | oIoU | mIoU "
+        "| paper mIoU | Δ mIoU |",
+        "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for row in collect_rows(run_dirs):
         ours, paper = row["mIoU"], row["paper_mIoU"]
@@ -188,11 +206,16 @@ def collect_table(run_dirs: Sequence[Path]) -> str:
         split = f"{row['split']} ({row['split_by']})" if row["split_by"] else row["split"]
         proposals = Path(str(row["proposals"])).name
         lines.append(
-            f"| {row['dataset']} | {split} | {row['clip']} | {proposals} | {_fmt(row['alpha'])} "
+            f"| {row['dataset']} | {split} | {row['clip']} | {proposals} | {row['pixels']} "
+            f"| {_fmt(row['alpha'])} "
             f"| {_fmt(row['n'])} | {_fmt(row['oIoU'])} | {_fmt(ours)} | {_fmt(paper)} "
             f"| {delta} |"
         )
-    lines += ["", f"Paper: {PAPER_SETTING} (mIoU; refseg lists its ViT-B/32 numbers only)."]
+    lines += [
+        "",
+        f"Paper: {PAPER_SETTING} (mIoU; refseg lists its ViT-B/32 numbers only).",
+        "pixels: " + "; ".join(PIXELS_DESCRIPTION.values()) + ".",
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -387,6 +387,7 @@ class EvalRunner:
             "beta": effective.beta,
             "k": effective.k,
             "normalization": effective.normalization,
+            "pixels": effective.pixels,
         }
         return {
             "settings": settings,
