@@ -39,7 +39,7 @@ from refseg.data.shapes import (
 )
 from refseg.data.shapes.render import place_outline, polygon_mask
 from refseg.errors import InputError
-from refseg.masks import decode_rle, mask_bbox
+from refseg.masks import decode_segmentation, mask_bbox
 
 SEED = 7
 N_SCENES = 24  # scenes checked in the property tests (~0.2 s)
@@ -323,7 +323,8 @@ def test_written_dataset_round_trips(tmp_path):
         anns = [a for a in coco["annotations"] if a["image_id"] == image["id"]]
         assert len(anns) == len(scenes[image["id"]])
         for k, ann in enumerate(anns):
-            mask = decode_rle(ann["segmentation"])
+            assert isinstance(ann["segmentation"][0], list)  # COCO polygons, as RefCOCO's
+            mask = decode_segmentation(ann["segmentation"], image["height"], image["width"])
             assert np.array_equal(mask, scenes[image["id"]].masks[k])
             assert mask.any() and ann["area"] == int(mask.sum())
             assert tuple(ann["bbox"]) == mask_bbox(mask) and ann["iscrowd"] == 0
@@ -346,7 +347,8 @@ def test_written_dataset_round_trips(tmp_path):
             # the program picks the object whose mask is the annotation's mask
             picked = resolve(program_from_dict(sentence["program"]), scene)
             assert picked == ann_index[ref["ann_id"]]
-            assert np.array_equal(scene.masks[picked], decode_rle(ann["segmentation"]))
+            mask = decode_segmentation(ann["segmentation"], scene.height, scene.width)
+            assert np.array_equal(scene.masks[picked], mask)
     assert all(len(splits) == 1 for splits in split_of_image.values())  # splits are per image
     assert len(sent_ids) == len(set(sent_ids))
     assert len({r["ref_id"] for r in refs}) == len(refs)

@@ -6,6 +6,11 @@
     OUT_DIR/shapesref/instances.json   COCO: info, images, annotations, categories
     OUT_DIR/shapesref/images/<file>.png
 
+Objects are written as COCO polygons (:mod:`refseg.data.shapes.polygons`), as RefCOCO's
+non-crowd objects are, so the refer API's ``getMask`` and the loaders built on it read
+ShapesRef; the ground truth is what those polygons rasterise to (they reproduce the
+rendered visible masks). ``area`` and ``bbox`` are those of the rasterised polygons.
+
 Image ``i`` depends only on ``(seed, i)``, so a larger dataset extends a smaller one. Splits
 are per image, from the image index (80/10/10). The pickle and JSON are written last, via a
 temporary file and a rename, so their presence means the images are complete.
@@ -25,12 +30,13 @@ from tqdm import tqdm
 
 from refseg.data.shapes.config import ShapesConfig
 from refseg.data.shapes.expressions import Expression, referring_expressions
+from refseg.data.shapes.polygons import mask_to_polygons, polygons_mask
 from refseg.data.shapes.programs import program_to_dict
 from refseg.data.shapes.scene import Scene, sample_scene, scene_rng
 from refseg.data.shapes.words import SHAPES
 from refseg.errors import InputError
 from refseg.fileio import write_atomic
-from refseg.masks import encode_rle, mask_bbox
+from refseg.masks import mask_bbox
 
 DATASET_NAME = "shapesref"
 SPLIT_BY = "unc"  # refs file name "refs(unc).p", as RefCOCO's
@@ -115,14 +121,16 @@ def write_shapesref(
         )
         for k, (obj, sentences) in enumerate(zip(scene.objects, expressions, strict=True)):
             ann_id = len(annotations) + 1
-            x, y, w, h = mask_bbox(scene.masks[k])  # type: ignore[misc]  # never empty
+            polygons = mask_to_polygons(scene.masks[k])
+            mask = polygons_mask(polygons, scene.height, scene.width)
+            x, y, w, h = mask_bbox(mask)  # type: ignore[misc]  # never empty
             annotations.append(
                 {
                     "id": ann_id,
                     "image_id": image_id,
                     "category_id": category_id(obj.shape),
-                    "segmentation": encode_rle(scene.masks[k]),
-                    "area": int(scene.areas[k]),
+                    "segmentation": polygons,
+                    "area": int(mask.sum()),
                     "bbox": [x, y, w, h],
                     "iscrowd": 0,
                     "color": obj.color,
