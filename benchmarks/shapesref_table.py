@@ -30,6 +30,10 @@ from refseg.masks import decode_rle, iou
 from refseg.proposals.ground_truth import GroundTruthProposals
 
 SEED, IMAGES = 1, 500
+# The shapes CLIPs were trained on CLIP-normalised, bicubic-resized images, so they are
+# evaluated with the clean pixel preset; the reference preset (the Global-Local authors'
+# ImageNet-normalised pixels, refseg's default) is for reproducing the paper with OpenAI CLIP.
+PIXELS = "clean"
 KINDS = ("attribute", "comparative", "absolute", "relational")
 VIT_METHODS = (
     "random",
@@ -57,7 +61,8 @@ def eval_args(work: Path, split: str, clip: str, proposals: str, run: Path) -> l
     """``refseg eval`` arguments for one ShapesRef split into run directory ``run``."""
     return [
         "eval", "--dataset", str(work), "--name", "shapesref", "--split", split,
-        "--clip", clip, "--proposals", proposals, "--out", str(run), "--no-progress",
+        "--clip", clip, "--proposals", proposals, "--pixels", PIXELS, "--out", str(run),
+        "--no-progress",
     ]  # fmt: skip
 
 
@@ -142,7 +147,9 @@ def main() -> None:
         f"{test.num_expressions} expressions). mIoU / oIoU in %, **acc** = top-1 instance "
         "accuracy (the predicted mask's best-matching instance is the referent). "
         "`global-local` uses the paper's alpha = 0.95; `global-local@val` uses the alpha with "
-        "the best val mIoU. beta = 0.5, k = 3, reference normalisation throughout.",
+        "the best val mIoU. beta = 0.5, k = 3, reference normalisation throughout; "
+        f"`--pixels {PIXELS}` (the pixels the shapes CLIPs were trained on: CLIP statistics, "
+        "tight box, bicubic).",
         "",
     ]
     clips = ["shapes-vit"] if args.quick else args.clips

@@ -6,6 +6,9 @@
 #   RefCOCOg (umd)  val / test            alpha 0.85
 #   RefCOCOg (google) val                 alpha 0.85
 # with beta 0.5 and k 3 (ViT), then prints one table beside the paper's mIoU.
+# Pixels: the "reference" preset, the authors' own image preparation (shorter side 800 with
+# ImageNet statistics, no-antialias resizes, FreeSOLO's crop box); every run's config.json,
+# report.md and the table's pixels column record it. PIXELS=clean for refseg's clean pipeline.
 #
 # Needs: the refer annotations under DATA (DATA/refcoco, DATA/refcoco+, DATA/refcocog, each
 # with refs(<split_by>).p and instances.json), the COCO train2014 images (IMAGES, or a folder
@@ -35,6 +38,7 @@ IMAGES=${IMAGES:-}
 OUT=${OUT:-runs/paper}
 PROPOSALS=${PROPOSALS:-sam}
 CLIPS=${CLIPS:-"RN50 ViT-B/32"}
+PIXELS=${PIXELS:-reference}
 DEVICE=${DEVICE:-}
 # The project's venv (made by scripts/install.sh) when present, else whatever is on PATH.
 VENV_BIN="$(cd "$(dirname "$0")/.." && pwd)/.venv/bin"
@@ -70,7 +74,7 @@ for clip in $CLIPS; do
     args=(
       --dataset "$DATA" --name "$name" --split-by "$split_by" --split "$split"
       --method global-local --clip "$clip" --proposals "$PROPOSALS"
-      --alpha "$alpha" --beta 0.5 --k 3 --normalization reference
+      --alpha "$alpha" --beta 0.5 --k 3 --normalization reference --pixels "$PIXELS"
       --out "$out"
     )
     if [[ -n "$IMAGES" ]]; then args+=(--images "$IMAGES"); fi
