@@ -16,14 +16,19 @@ normalisation) on random CLIPs at the paper's 224 px, for ViT and RN.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from refseg.cli import main as refseg
 from refseg.clip import LoadedClip
 from refseg.clip.config import PreprocessConfig
+from refseg.data.shapes.writer import write_shapesref
+from refseg.eval.report import PIXELS_DESCRIPTION, collect_table, find_runs
 from refseg.methods.global_local import GlobalLocalConfig
 from refseg.methods.pixels import freesolo_box, local_inputs, masked_crops, short_side_size
 from refseg.proposals import MaskProposals
@@ -190,3 +195,22 @@ def test_reference_and_clean_pixels_differ_and_clean_is_the_old_pipeline(paper_s
 def test_unknown_preset_is_refused():
     with pytest.raises(ValueError, match="pixels must be one of"):
         GlobalLocalConfig(pixels="bicubic")
+
+
+@pytest.mark.parametrize("pixels", [None, "clean"])
+def test_eval_states_the_preset_it_ran_with(tmp_path, tiny_clip_dir, capsys, pixels):
+    write_shapesref(tmp_path / "data", seed=0, images=3)  # image 2 is the test split
+    out = tmp_path / "run"
+    args = ["eval", "--dataset", str(tmp_path / "data"), "--name", "shapesref", "--split",
+            "test", "--clip", str(tiny_clip_dir), "--proposals", "gt", "--out", str(out),
+            "--no-progress"]  # fmt: skip
+    if pixels:
+        args += ["--pixels", pixels]
+    assert refseg(args) == 0
+    preset = pixels or "reference"  # the default
+    printed = capsys.readouterr().out
+    assert f"pixels: {PIXELS_DESCRIPTION[preset]}; precision@X counts IoU >= X" in printed
+    assert json.loads((out / "config.json").read_text())["params"]["pixels"] == preset
+    assert f"| pixels | {PIXELS_DESCRIPTION[preset]} |" in (out / "report.md").read_text()
+    table = collect_table(find_runs([out]))
+    assert f"| gt | {preset} |" in table  # the pixels column
