@@ -174,3 +174,17 @@ def test_refcoco_scores_iou_at_threshold_as_a_hit(tmp_path):
     report = score_predictions(dataset, half_of_targets(dataset))
     assert report.metrics.miou == pytest.approx(50.0)
     assert report.metrics.precision[0.5] == 100.0
+
+
+def test_report_states_the_precision_rule_and_pixels_of_older_runs():
+    from refseg.eval.metrics import MetricsResult
+    from refseg.eval.report import run_report
+
+    metrics = MetricsResult(25.0, 27.5, {0.5: 30.0}, n_expressions=10, n_missing=0)
+    settings = {"dataset": "phrasecut", "split": "val_miniv", "clip": "ViT-B/32"}
+    text = run_report({"settings": settings, "params": {"alpha": 0.95}}, metrics, images=4)
+    assert "| precision@X counts | IoU > X (the benchmark's rule) |" in text
+    assert "| pixels | clean (CLIP statistics" in text  # runs from before the presets
+    settings = {**settings, "dataset": "refcoco"}
+    text = run_report({"settings": settings, "params": {"pixels": "reference"}}, metrics, images=4)
+    assert "| precision@X counts | IoU >= X |" in text and "| pixels | reference (" in text
