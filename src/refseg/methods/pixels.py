@@ -130,7 +130,7 @@ def masked_crops(image: Image.Image, masks: np.ndarray, config: PreprocessConfig
 
     Each crop is the image with pixels outside the mask set to the normalisation mean (so
     they become 0 after normalising), cropped to the mask's bounding box and resized to
-    ``S x S`` (bicubic, aspect not kept, as the reference does).
+    ``S x S`` (PIL bicubic; the aspect is not kept, as in the reference).
     """
     array = np.asarray(image.convert("RGB"))
     fill = np.array(mean_color(config), dtype=np.uint8)
@@ -153,6 +153,7 @@ def masked_crops(image: Image.Image, masks: np.ndarray, config: PreprocessConfig
 
 
 def check_preset(name: str) -> str:
+    """``name`` if it is a pixel preset; ``ValueError`` otherwise."""
     if name not in PIXEL_PRESETS:
         raise ValueError(f"pixels must be one of {PIXEL_PRESETS}; got {name!r}")
     return name
