@@ -384,7 +384,10 @@ def test_reference_structure_chooses_the_same_masks_with_more_set_image(tmp_path
     assert cached_metrics == ref_metrics and cached.keys() == ref.keys()
     for sent_id, record in cached.items():  # scores differ in float rounding only (batching)
         assert ref[sent_id]["score"] == pytest.approx(record["score"], abs=1e-5)
-        assert {**ref[sent_id], "score": 0} == {**record, "score": 0}
+        for theirs, ours in zip(ref[sent_id]["top"], record["top"], strict=True):
+            assert theirs["score"] == pytest.approx(ours["score"], abs=1e-5)
+            assert {**theirs, "score": 0} == {**ours, "score": 0}
+        assert {**ref[sent_id], "score": 0, "top": 0} == {**record, "score": 0, "top": 0}
     with pytest.raises(InputError, match="unknown structure"):
         EvalRunner(segmenter, dataset, tmp_path / "x", structure="fast")
 

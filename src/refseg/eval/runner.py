@@ -7,7 +7,8 @@ sweep point. Layout of a run directory::
 
     RUN_DIR/config.json                  what ran (options, versions, shard); checked on resume
     RUN_DIR/partial/shard-I-of-N.jsonl   one line per finished image, appended and fsync'ed
-    RUN_DIR/predictions.json             {sent_id, segmentation (RLE), score, ref_id, proposal}
+    RUN_DIR/predictions.json             {sent_id, segmentation (RLE), score, ref_id, proposal,
+                                          iou, phrase, top: [{proposal, score, iou}] x3}
     RUN_DIR/metrics.json                 MetricsResult.to_dict() (groups = expression kinds)
     RUN_DIR/report.md                    short table, beside the paper's number when known
     RUN_DIR/sweep.json, sweep.md         one row per sweep point (with --sweep)
@@ -59,6 +60,8 @@ METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.md"
 SWEEP_JSON, SWEEP_MD = "sweep.json", "sweep.md"
 PARTIAL_DIR = "partial"
+# Best proposals kept per expression in predictions.json ("top"), for the report's gallery.
+TOP_PROPOSALS = 3
 # config.json entries that decide the results: a resumed run must match them exactly.
 IDENTITY_KEYS = ("settings", "params", "sweep", "shard")
 
@@ -497,17 +500,13 @@ class EvalRunner:
             texts = [expression.text for _, expression in group]
             for p, point in enumerate(self.points):
                 if self.structure == "cached":
-                    best, scores = self._choose(texts, point)
+                    chosen = self._choose(texts, point)
                 else:  # one expression at a time
-                    picked = [self._choose([text], point) for text in texts]
-                    best = [b[0] for b, _ in picked]
-                    scores = [s[0] for _, s in picked]
-                for (referent, expression), index_, score in zip(group, best, scores, strict=True):
-                    choices[p].append(lookup.choice(index_, referent))
+                    chosen = _Chosen.concat([self._choose([text], point) for text in texts])
+                for i, (referent, expression) in enumerate(group):
+                    choices[p].append(lookup.choice(chosen.best[i], referent))
                     if p == 0:
-                        predictions.append(
-                            lookup.record(expression.sent_id, referent.ref_id, index_, score)
-                        )
+                        predictions.append(lookup.record(expression.sent_id, referent, chosen, i))
             for stage, value in context.timings.items():
                 timings[stage] = timings.get(stage, 0.0) + value
         expressions = [
@@ -531,16 +530,36 @@ class EvalRunner:
         timings["set_image"] = timings.get("set_image", 0.0) + time.perf_counter() - start
         return context
 
-    def _choose(
-        self, texts: Sequence[str], point: Mapping[str, Any]
-    ) -> tuple[list[int | None], list[float | None]]:
-        """Best proposal and its score per text (``None`` without proposals)."""
-        scores, _ = self.segmenter.scores(texts, **point)
+    def _choose(self, texts: Sequence[str], point: Mapping[str, Any]) -> _Chosen:
+        """Best proposal, its score, the phrase and the top proposals per text."""
+        scores, text = self.segmenter.scores(texts, **point)
         if scores.shape[1] == 0:
-            return [None] * len(texts), [None] * len(texts)
+            return _Chosen([None] * len(texts), [None] * len(texts), text.phrases,
+                           [[] for _ in texts])
         best = scores.argmax(dim=1)  # the first maximum, as Segmenter.query
         values = scores.gather(1, best[:, None])[:, 0]
-        return [int(b) for b in best], [float(v) for v in values]
+        top_values, top_indices = scores.topk(min(TOP_PROPOSALS, scores.shape[1]), dim=1)
+        top = [
+            [(int(i), float(v)) for i, v in zip(indices, row, strict=True)]
+            for indices, row in zip(top_indices.tolist(), top_values.tolist(), strict=True)
+        ]
+        return _Chosen([int(b) for b in best], [float(v) for v in values], text.phrases, top)
+
+
+@dataclass
+class _Chosen:
+    """Per text of a batch: chosen proposal, its score, the extracted phrase, and the
+    ``TOP_PROPOSALS`` best ``(proposal, score)`` (recorded for the report's gallery)."""
+
+    best: list[int | None]
+    scores: list[float | None]
+    phrases: list[str]
+    top: list[list[tuple[int, float]]]
+
+    @classmethod
+    def concat(cls, parts: Sequence[_Chosen]) -> _Chosen:
+        return cls(*([item for part in parts for item in getattr(part, name)]
+                     for name in ("best", "scores", "phrases", "top")))
 
 
 class _ChosenMasks:
@@ -573,14 +592,26 @@ class _ChosenMasks:
         inter, union = self._counts[key]
         return [index, inter, union, self.category(index)]
 
-    def record(
-        self, sent_id: int, ref_id: int, index: int | None, score: float | None
-    ) -> dict[str, Any]:
-        extra: dict[str, Any] = {"score": score, "ref_id": ref_id, "proposal": index}
-        category = self.category(index)
+    def record(self, sent_id: int, referent: Any, chosen: _Chosen, i: int) -> dict[str, Any]:
+        """The prediction record of text ``i`` of ``chosen``: the mask and, for the report,
+        its IoU, the phrase and the top proposals with their scores and IoUs."""
+        index = chosen.best[i]
+        _, inter, union, category = self.choice(index, referent)
+        extra: dict[str, Any] = {"score": chosen.scores[i], "ref_id": referent.ref_id,
+                                 "proposal": index}
         if category is not None:
             extra["category_id"] = category
+        extra["iou"] = round(inter / union, 6) if union else 0.0
+        extra["phrase"] = chosen.phrases[i]
+        extra["top"] = [
+            {"proposal": p, "score": round(score, 6), "iou": round(self._iou(p, referent), 6)}
+            for p, score in chosen.top[i]
+        ]
         return prediction_record(sent_id, self.mask(index), **extra)
+
+    def _iou(self, index: int, referent: Any) -> float:
+        _, inter, union, _ = self.choice(index, referent)
+        return inter / union if union else 0.0
 
 
 def image_key(generator: Any, sample: ImageSample) -> Any:
