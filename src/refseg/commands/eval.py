@@ -85,6 +85,7 @@ def default_run_dir(args: argparse.Namespace, split_by: str | None, shard_stem: 
 
 def run(args: argparse.Namespace) -> int:
 
+    from refseg.commands.report import report_after_run
     from refseg.commands.score import format_table
     from refseg.data import ReferDataset, open_dataset
     from refseg.eval.metrics import strict_precision
@@ -166,6 +167,7 @@ def run(args: argparse.Namespace) -> int:
     if summary.sweep:
         print(f"sweep: {len(summary.sweep)} points -> {out / 'sweep.md'}")
     print(f"wrote {out}/ (predictions.json, metrics.json, report.md, config.json)")
+    print(report_after_run(out, dataset))
     return 0
 
 

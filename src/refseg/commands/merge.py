@@ -30,6 +30,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
+    from refseg.commands.report import report_after_run
     from refseg.commands.score import format_table
     from refseg.eval.runner import merge_runs
 
@@ -38,4 +39,5 @@ def run(args: argparse.Namespace) -> int:
     print(f"merged {summary.shards} shards: {summary.images} images")
     print(format_table(summary.metrics, "merged"))
     print(f"wrote {out}/ (predictions.json, metrics.json, report.md, config.json)")
+    print(report_after_run(out))
     return 0
