@@ -335,12 +335,18 @@ def _figures_section(figures: Sequence[_Figure]) -> str:
         return ("<section id='plots'><h2>Plots</h2><p class='note'>No per-expression IoUs: "
                 "nothing to plot.</p></section>")
     parts = [
-        f"<figure class='plot'><img src='{_data_uri('image/png', f.png)}' "
+        f"<figure class='plot{' wide' if _png_width(f.png) > 700 else ''}'>"
+        f"<img src='{_data_uri('image/png', f.png)}' "
         f"alt='{_esc(f.caption)}'><figcaption>{_esc(f.caption)} "
         f"<span class='file'>({_esc(f.file_name)})</span></figcaption></figure>"
         for f in figures
     ]
     return f"<section id='plots'><h2>Plots</h2><div class='plots'>{''.join(parts)}</div></section>"
+
+
+def _png_width(png: bytes) -> int:
+    """Pixel width from the PNG header (IHDR), to let wide figures span the page."""
+    return int.from_bytes(png[16:20], "big") if png[12:16] == b"IHDR" else 0
 
 
 # --------------------------------------------------------------------------- gallery
@@ -516,6 +522,7 @@ table.settings td{overflow-wrap:anywhere}
 .columns>section{flex:1 1 420px;min-width:0}
 .plots{display:grid;grid-template-columns:repeat(auto-fill,minmax(480px,1fr));gap:16px}
 figure{margin:0}figure.plot img{width:100%;height:auto;border:1px solid #eee}
+figure.plot.wide{grid-column:1/-1;max-width:960px}
 .gallery{display:grid;grid-template-columns:repeat(auto-fill,minmax(250px,1fr));gap:14px}
 .gallery-item,.pair-item{border:1px solid #ddd;border-radius:6px;padding:8px;background:#fafafa}
 .gallery-item img,.pair-item img{max-width:100%;height:auto;display:block;margin:auto}

@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 from refseg.eval.metrics import PRECISION_THRESHOLDS, precision_key
 
 DPI = 100
+WIDE = 9.0  # inches: figures with two panels of grouped bars or heat maps
 # One colour per run (matplotlib's tab10, colour-blind friendlier than its first default).
 RUN_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b")
 Series = tuple[str, np.ndarray]  # (run label, per-expression IoUs in [0, 1])
@@ -86,7 +87,7 @@ def kind_bars(runs: Sequence[tuple[str, Mapping[str, Any]]]) -> Figure | None:
     kinds = list(dict.fromkeys(k for _, m in runs for k in (m.get("groups") or {})))
     if not kinds:
         return None
-    figure = _figure(max(6.0, 1.2 * len(kinds) * max(1, len(runs)) + 2), 3.6)
+    figure = _figure(WIDE if len(runs) > 1 else 6.0, 3.6)
     panels = figure.subplots(1, 2, sharey=True)
     width = 0.8 / len(runs)
     positions = np.arange(len(kinds))
@@ -111,14 +112,14 @@ def kind_bars(runs: Sequence[tuple[str, Mapping[str, Any]]]) -> Figure | None:
 def sweep_plot(rows: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> Figure | None:
     """The sweep's mIoU and oIoU: lines over one key, a heat map over two (one row of maps
     per value of a third). ``None`` without rows or keys."""
-    keys = [k for k in keys if any(k in row for row in rows)]
+    keys = [k for k in keys if rows and all(_is_number(row.get(k)) for row in rows)]
     if not rows or not keys:
         return None
     if len(keys) == 1:
         return _sweep_lines(rows, keys[0])
     x_key, y_key, *rest = keys
     slices = sorted({row.get(rest[0]) for row in rows}) if rest else [None]
-    figure = _figure(9.0, 3.3 * len(slices))
+    figure = _figure(WIDE, 3.3 * len(slices))
     panels = np.atleast_2d(figure.subplots(len(slices), 2, squeeze=False))
     for r, value in enumerate(slices):
         subset = [row for row in rows if not rest or row.get(rest[0]) == value]
@@ -126,6 +127,10 @@ def sweep_plot(rows: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> Figure
             suffix = f", {rest[0]}={value:g}" if rest else ""
             _heat_map(panels[r][c], subset, x_key, y_key, metric, f"{metric}{suffix}")
     return figure
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _sweep_lines(rows: Sequence[Mapping[str, Any]], key: str) -> Figure:

@@ -119,7 +119,7 @@ def load_run(run_dir: str | os.PathLike) -> RunData:
     sweep: list[dict[str, Any]] = []
     if (run_dir / SWEEP_JSON).is_file():
         sweep = _read_json(run_dir / SWEEP_JSON, "sweep results")
-        if not isinstance(sweep, list):
+        if not isinstance(sweep, list) or not all(isinstance(row, dict) for row in sweep):
             raise InputError(f"{run_dir / SWEEP_JSON} must hold a list of sweep rows")
     if not isinstance(config, dict) or not isinstance(metrics, dict):
         raise InputError(f"{run_dir}: config.json and metrics.json must hold JSON objects")
