@@ -601,10 +601,10 @@ class _ChosenMasks:
                                  "proposal": index}
         if category is not None:
             extra["category_id"] = category
-        extra["iou"] = round(inter / union, 6) if union else 0.0
+        extra["iou"] = inter / union if union else 0.0  # unrounded: compared with 0.5
         extra["phrase"] = chosen.phrases[i]
         extra["top"] = [
-            {"proposal": p, "score": round(score, 6), "iou": round(self._iou(p, referent), 6)}
+            {"proposal": p, "score": round(score, 6), "iou": self._iou(p, referent)}
             for p, score in chosen.top[i]
         ]
         return prediction_record(sent_id, self.mask(index), **extra)
