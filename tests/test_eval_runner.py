@@ -6,6 +6,7 @@ rectangles as instances) and a tiny random ViT CLIP (``tests/conftest.py``).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import pickle
 from pathlib import Path
@@ -281,6 +282,9 @@ def test_two_shards_merged_equal_one_run(tmp_path, data_root, make_segmenter, ca
                  "--out", str(tmp_path / "merged")]) == 0
     assert load_run(tmp_path / "merged") == load_run(tmp_path / "single")
     assert (tmp_path / "merged" / "report.md").is_file()
+    if importlib.util.find_spec("matplotlib"):  # the HTML report (no dataset recorded here)
+        page = (tmp_path / "merged" / "report.html").read_text()
+        assert "Gallery not shown: config.json does not record the dataset" in page
 
     with pytest.raises(InputError, match="shards missing: 1/2"):
         merge_runs([tmp_path / "s0"], tmp_path / "m2")
