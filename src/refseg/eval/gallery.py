@@ -1,7 +1,8 @@
 """The report's gallery: which predictions to show, and each drawn over its image.
 
-The prediction and the ground truth are overlaid in two colours (ground truth blue,
-prediction orange; where both agree the tints mix) on a thumbnail of the image.
+The prediction and the ground truth are overlaid in two colours on a thumbnail of the image:
+the ground truth outlined in blue (lightly tinted), the prediction tinted and outlined in
+orange.
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ from refseg.visualize import overlay_mask
 
 GROUND_TRUTH_COLOR = (30, 120, 255)
 PREDICTION_COLOR = (255, 110, 0)
+# The ground truth is mostly outline, so the referent's own colours (often what the expression
+# names) stay visible; the prediction is tinted.
+GROUND_TRUTH_OPACITY = 0.15
+PREDICTION_OPACITY = 0.45
 THUMBNAIL_SIDE = 320  # longest side of a gallery picture, in pixels
 MAX_UPSCALE = 4.0
 SECTIONS = ("worst", "best", "random")
@@ -54,9 +59,11 @@ def overlay(image: Image.Image, target: np.ndarray | None, prediction: np.ndarra
     at the image's size, or ``None``) tinted and outlined in their colours."""
     size = thumbnail_size(image.height, image.width, side)
     picture = image.convert("RGB").resize((size[1], size[0]), Image.Resampling.BILINEAR)
-    for mask, color in ((target, GROUND_TRUTH_COLOR), (prediction, PREDICTION_COLOR)):
+    layers = ((target, GROUND_TRUTH_COLOR, GROUND_TRUTH_OPACITY),
+              (prediction, PREDICTION_COLOR, PREDICTION_OPACITY))
+    for mask, color, opacity in layers:
         if mask is not None:
-            picture = overlay_mask(picture, resize_masks(mask, size), color, opacity=0.4)
+            picture = overlay_mask(picture, resize_masks(mask, size), color, opacity=opacity)
     return picture
 
 

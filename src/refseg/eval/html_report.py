@@ -356,8 +356,8 @@ def _legend() -> str:
     def swatch(color: tuple[int, int, int], text: str) -> str:
         return (f"<span class='swatch' style='background: rgb{color}'></span>{text}")
 
-    return (f"<p class='legend'>{swatch(GROUND_TRUTH_COLOR, 'ground truth')} "
-            f"{swatch(PREDICTION_COLOR, 'prediction')} (overlap mixes both)</p>")
+    return (f"<p class='legend'>{swatch(GROUND_TRUTH_COLOR, 'ground truth (outline)')} "
+            f"{swatch(PREDICTION_COLOR, 'prediction (tinted)')}</p>")
 
 
 def _gallery_section(run: RunData, items: Mapping[int, Any], note: str | None,

@@ -87,12 +87,12 @@ def kind_bars(runs: Sequence[tuple[str, Mapping[str, Any]]]) -> Figure | None:
     kinds = list(dict.fromkeys(k for _, m in runs for k in (m.get("groups") or {})))
     if not kinds:
         return None
-    figure = _figure(WIDE if len(runs) > 1 else 6.0, 3.6)
+    figure = _figure(WIDE if len(runs) > 1 else 7.5, 3.6)
     panels = figure.subplots(1, 2, sharey=True)
     width = 0.8 / len(runs)
     positions = np.arange(len(kinds))
     for axes, metric, title in zip(panels, ("mIoU", precision_key(0.5)),
-                                   ("mIoU", "precision@0.5"), strict=True):
+                                   ("mIoU", "P@0.5"), strict=True):
         for i, (label, metrics) in enumerate(runs):
             groups = metrics.get("groups") or {}
             values = [float((groups.get(k) or {}).get(metric) or 0.0) for k in kinds]
@@ -102,7 +102,7 @@ def kind_bars(runs: Sequence[tuple[str, Mapping[str, Any]]]) -> Figure | None:
         counts = [(runs[0][1].get("groups") or {}).get(k, {}).get("n_expressions") for k in kinds]
         axes.set_xticks(positions, [f"{k}\n(n={n})" if n else k for k, n in
                                     zip(kinds, counts, strict=True)], fontsize="small")
-        axes.set(title=f"{title} per expression kind", ylim=(0, 105))
+        axes.set(title=f"{title} by expression kind", ylim=(0, 105))
     panels[0].set_ylabel("%")
     if len(runs) > 1:
         panels[1].legend(fontsize="small")
