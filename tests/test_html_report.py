@@ -15,6 +15,7 @@ import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from refseg.cli import main
@@ -322,3 +323,24 @@ def test_report_opens_offline_in_chromium_without_errors(run_a):
             browser.close()
     assert failed == [] and errors == [] and remote == []
     assert broken == 0 and count == 4 + 3 * 8  # figures + gallery
+
+
+# ----------------------------------------------------------------------------- plots
+def test_sweep_figure_has_lines_for_one_key_and_maps_for_two_or_three():
+    from refseg.eval.plots import kind_bars, sweep_plot
+
+    def rows(**grid):
+        keys = list(grid)
+        points = [dict(zip(keys, values, strict=True))
+                  for values in np.array(np.meshgrid(*grid.values())).reshape(len(keys), -1).T]
+        return [{**p, "mIoU": 10 * sum(p.values()), "oIoU": 5.0} for p in points]
+
+    one = sweep_plot(rows(k=[1, 2, 3]), ["k"])
+    assert len(one.axes) == 1 and len(one.axes[0].lines) == 2  # mIoU and oIoU over k
+    two = sweep_plot(rows(alpha=[0.5, 1.0], beta=[0.3, 0.5, 0.7]), ["alpha", "beta"])
+    maps = [a for a in two.axes if a.images]
+    assert len(maps) == 2 and maps[0].images[0].get_array().shape == (3, 2)  # beta x alpha
+    three = sweep_plot(rows(alpha=[0.5, 1.0], beta=[0.3, 0.5], k=[1, 2]), ["alpha", "beta", "k"])
+    assert len([a for a in three.axes if a.images]) == 4  # one row of two maps per k
+    assert sweep_plot([{"alpha": "x", "mIoU": 1.0}], ["alpha"]) is None
+    assert kind_bars([("a", {"mIoU": 1.0})]) is None  # no expression kinds

@@ -8,6 +8,7 @@ backend switch), so it runs headless and in threads. matplotlib is the optional 
 from __future__ import annotations
 
 import io
+import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -130,7 +131,7 @@ def sweep_plot(rows: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> Figure
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def _sweep_lines(rows: Sequence[Mapping[str, Any]], key: str) -> Figure:
