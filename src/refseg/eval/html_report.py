@@ -64,7 +64,9 @@ class ReportOptions:
 
     def __post_init__(self) -> None:
         if self.gallery < 0 or self.pairs < 0:
-            raise InputError("gallery and comparison sizes must be >= 0")
+            raise InputError(
+                f"--gallery and --pairs must be >= 0; got {self.gallery} and {self.pairs}"
+            )
 
 
 @dataclass
