@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from refseg.data import ExpressionItem, ImageDataset, open_dataset
 from refseg.errors import InputError, RefsegError
 from refseg.eval.predictions import prediction_mask, prediction_size, read_predictions
 from refseg.eval.runner import (
@@ -165,7 +166,7 @@ def _ious_from_partial_logs(run: RunData) -> None:
         run.iou_source = "partial logs"
 
 
-def fill_ious_from_dataset(run: RunData, items: Mapping[int, Any]) -> int:
+def fill_ious_from_dataset(run: RunData, items: Mapping[int, ExpressionItem]) -> int:
     """Compute the IoUs still unknown from the ground truth (``items``: sent_id ->
     :class:`~refseg.data.ExpressionItem`); returns how many were computed."""
     computed = 0
@@ -186,14 +187,12 @@ def fill_ious_from_dataset(run: RunData, items: Mapping[int, Any]) -> int:
 
 
 # ------------------------------------------------------------------------------ dataset
-def open_run_dataset(config: Mapping[str, Any]) -> tuple[Any, str | None]:
+def open_run_dataset(config: Mapping[str, Any]) -> tuple[ImageDataset | None, str | None]:
     """The dataset split a run was evaluated on, or ``(None, why not)``.
 
     Paths in config.json are as typed on the command line: relative ones are taken from
     the current directory.
     """
-    from refseg.data import open_dataset
-
     settings = config.get("settings") or {}
     root, name, split = settings.get("dataset_root"), settings.get("dataset"), settings.get("split")
     if not root or not name or not split:
@@ -208,11 +207,11 @@ def open_run_dataset(config: Mapping[str, Any]) -> tuple[Any, str | None]:
     return dataset, None
 
 
-def expression_items(dataset: Iterable[Any], wanted: Iterable[int]) -> dict[int, Any]:
+def expression_items(dataset: ImageDataset, wanted: Iterable[int]) -> dict[int, ExpressionItem]:
     """``{sent_id: ExpressionItem}`` for the wanted expressions (one pass over the split)."""
     wanted = set(wanted)
-    items: dict[int, Any] = {}
-    for item in dataset.expressions():  # type: ignore[attr-defined]
+    items: dict[int, ExpressionItem] = {}
+    for item in dataset.expressions():
         if item.expression.sent_id in wanted:
             items[item.expression.sent_id] = item
             if len(items) == len(wanted):
