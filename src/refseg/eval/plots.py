@@ -25,9 +25,14 @@ RUN_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b")
 Series = tuple[str, np.ndarray]  # (run label, per-expression IoUs in [0, 1])
 
 
-def _figure(width: float, height: float) -> Figure:
-    figure = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+def _figure(width: float, height: float, *, bottom: float = 0.6, wspace: float = 0.35
+            ) -> Figure:
+    """A figure with fixed margins in inches (``bottom``: room for the x labels). Fixed
+    margins instead of a layout engine halve the drawing time; the labels are short."""
+    figure = Figure(figsize=(width, height), dpi=DPI)
     FigureCanvasAgg(figure)
+    figure.subplots_adjust(left=0.75 / width, right=1 - 0.25 / width, bottom=bottom / height,
+                           top=1 - 0.4 / height, wspace=wspace, hspace=0.45)
     return figure
 
 
@@ -88,7 +93,7 @@ def kind_bars(runs: Sequence[tuple[str, Mapping[str, Any]]]) -> Figure | None:
     kinds = list(dict.fromkeys(k for _, m in runs for k in (m.get("groups") or {})))
     if not kinds:
         return None
-    figure = _figure(WIDE if len(runs) > 1 else 7.5, 3.6)
+    figure = _figure(WIDE if len(runs) > 1 else 8.0, 3.6, bottom=0.75, wspace=0.08)
     panels = figure.subplots(1, 2, sharey=True)
     width = 0.8 / len(runs)
     positions = np.arange(len(kinds))
