@@ -18,6 +18,9 @@ from refseg.errors import ImageError
 
 ImageSource = str | os.PathLike | bytes | Image.Image | np.ndarray
 
+# Images above this many pixels are downscaled before proposals and features; results are
+# mapped back to the original size. 2048 x 2048 keeps SAM and the crops affordable.
+DEFAULT_MAX_PIXELS = 2048 * 2048
 # Refuse to even decode images beyond this many pixels (Pillow's bomb check is 2x its limit).
 DECODE_PIXEL_LIMIT = 400_000_000
 

@@ -1,4 +1,5 @@
-"""The answer to one expression: the chosen mask, its score, and every proposal ranked."""
+"""The answer to one expression: the chosen mask, its score, and every proposal ranked
+(proposal systems) or the probability map (dense systems)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from PIL import Image
 
 from refseg.masks import encode_rle, mask_bbox, resize_masks
 from refseg.proposals.base import MaskProposals
-from refseg.visualize import mask_image, overlay_mask
+from refseg.visualize import heatmap_image, mask_image, overlay_heatmap, overlay_mask
 
 
 @dataclass
@@ -23,14 +24,17 @@ class SegmentationResult:
         text: the expression as given.
         phrase: the target noun phrase used for the local text feature.
         mask: bool ``[H, W]`` at the original image size; all False when there were no
-            proposals.
-        score: the chosen proposal's score, ``None`` when there were no proposals.
+            proposals. Dense systems: ``probability > threshold``.
+        score: the chosen proposal's score, ``None`` when there were no proposals. Dense
+            systems: the map's highest probability.
         index: the chosen proposal's index in ``proposals``, or ``None``.
         ranking: proposal indices, best first.
         scores: score of every proposal, in proposal order (``float32 [N]``).
         proposals: the candidate masks (at the working resolution, see ``original_size``).
         original_size: ``(height, width)`` of the image as given.
-        method: the method name that produced it.
+        method: the method (proposal systems) or system name that produced it.
+        probability: dense systems only: ``float32 [H, W]`` per-pixel probability at the
+            original size (proposal fields are then empty); ``None`` otherwise.
     """
 
     text: str
@@ -43,6 +47,7 @@ class SegmentationResult:
     proposals: MaskProposals
     original_size: tuple[int, int]
     method: str = "global-local"
+    probability: np.ndarray | None = None
 
     @property
     def bbox(self) -> tuple[int, int, int, int] | None:
@@ -78,6 +83,25 @@ class SegmentationResult:
         self.overlay(image).save(path)
         return path
 
+    def heatmap(self, image: Image.Image | None = None) -> Image.Image:
+        """The probability map in colour, blended onto ``image`` (original size) if given.
+
+        Raises:
+            ValueError: the result has no probability map (a proposal system's).
+        """
+        if self.probability is None:
+            raise ValueError(f"{self.method} results have no probability map")
+        if image is None:
+            return heatmap_image(self.probability)
+        return overlay_heatmap(image, self.probability)
+
+    def save_heatmap(self, path: str | os.PathLike, image: Image.Image | None = None) -> Path:
+        """Write :meth:`heatmap` as an image file (PNG by extension)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.heatmap(image).save(path)
+        return path
+
     def to_dict(self, top: int = 5, rle: bool = False) -> dict[str, Any]:
         """JSON-ready summary: text, phrase, score, bbox, area, top proposals (and RLE)."""
         out: dict[str, Any] = {
@@ -91,6 +115,8 @@ class SegmentationResult:
             "num_proposals": len(self.proposals),
             "top_proposals": [{"index": i, "score": s} for i, s in self.top(top)],
         }
+        if self.probability is not None:
+            out["dense"] = True
         if rle:
             out["segmentation"] = encode_rle(self.mask)
         return out

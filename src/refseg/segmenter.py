@@ -23,7 +23,7 @@ import torch
 
 from refseg.clip import LoadedClip, load_clip
 from refseg.errors import InputError
-from refseg.image_io import ImageSource, cap_pixels, load_image
+from refseg.image_io import DEFAULT_MAX_PIXELS, ImageSource, cap_pixels, load_image
 from refseg.masks import resize_masks
 from refseg.methods import GlobalLocalConfig, ImageContext, TextBatch, resolve_method
 from refseg.methods.pixels import prepare_pixels
@@ -31,9 +31,8 @@ from refseg.proposals import MaskProposals, ProposalGenerator, create_proposals
 from refseg.results import SegmentationResult
 from refseg.text import PhraseExtractor
 
-# Images above this many pixels are downscaled for proposals and features; masks are mapped
-# back to the original size. 2048 x 2048 keeps SAM and the crops affordable.
-DEFAULT_MAX_PIXELS = 2048 * 2048
+__all__ = ["DEFAULT_MAX_PIXELS", "Segmenter"]
+
 # Sentences whose CLIP text features are kept between queries.
 TEXT_CACHE_SIZE = 4096
 
