@@ -1,4 +1,8 @@
-"""``Segmenter``: set an image once, ask many questions.
+"""``Segmenter``: the Global-Local system -- set an image once, ask many questions.
+
+It is the ``global-local`` :class:`~refseg.systems.System` (``refseg.load("global-local",
+...)`` builds one through :meth:`Segmenter.from_pretrained`); ``method=`` picks the
+proposal-scoring method (Global-Local itself or a baseline).
 
     seg = Segmenter.from_pretrained(clip="ViT-B/32", proposals="sam")
     seg.set_image(Image.open("photo.jpg"))
@@ -16,7 +20,7 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any, overload
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -29,6 +33,7 @@ from refseg.methods import GlobalLocalConfig, ImageContext, TextBatch, resolve_m
 from refseg.methods.pixels import prepare_pixels
 from refseg.proposals import MaskProposals, ProposalGenerator, create_proposals
 from refseg.results import SegmentationResult
+from refseg.systems.base import System, check_texts
 from refseg.text import PhraseExtractor
 
 __all__ = ["DEFAULT_MAX_PIXELS", "Segmenter"]
@@ -37,8 +42,10 @@ __all__ = ["DEFAULT_MAX_PIXELS", "Segmenter"]
 TEXT_CACHE_SIZE = 4096
 
 
-class Segmenter:
+class Segmenter(System):
     """Referring segmentation with a CLIP, a proposal generator and a method.
+
+    Query options: ``method``, ``alpha``, ``beta``, ``k`` (``None``: the configured value).
 
     Args:
         clip: a loaded CLIP (see :func:`refseg.clip.load_clip`).
@@ -48,6 +55,10 @@ class Segmenter:
         phrases: target noun phrase extractor; default auto-detects a spaCy pipeline.
         max_pixels: downscale larger images to this many pixels.
     """
+
+    name: ClassVar[str] = "global-local"
+    dense: ClassVar[bool] = False
+    query_options: ClassVar[tuple[str, ...]] = ("method", "alpha", "beta", "k")
 
     def __init__(
         self,
@@ -214,7 +225,7 @@ class Segmenter:
     ) -> tuple[torch.Tensor, TextBatch]:
         """Raw ``[T, N]`` scores of the current image's proposals (and the encoded texts)."""
         context = self._require_context()
-        texts = _check_texts(texts)
+        texts = check_texts(texts)
         try:
             config = replace(self.config, **{k: v for k, v in params.items() if v is not None})
         except (TypeError, ValueError) as exc:
@@ -227,40 +238,55 @@ class Segmenter:
             text = self._encode_texts(texts)
         return chosen.scores(self.clip, context, text, config).float().cpu(), text
 
-    def query(
-        self,
-        texts: str | Sequence[str],
-        *,
-        method: str | None = None,
-        alpha: float | None = None,
-        beta: float | None = None,
-        k: int | None = None,
-    ) -> list[SegmentationResult]:
-        """Segment each expression in the current image (see :meth:`set_image`)."""
+    def query(self, texts: str | Sequence[str], **options: Any) -> list[SegmentationResult]:
+        """Segment each expression in the current image (see :meth:`set_image`).
+
+        Options: ``method``, ``alpha``, ``beta``, ``k`` override the configured values.
+        """
+        self.check_options(options)
         if isinstance(texts, str):
             texts = [texts]
-        scores, text = self.scores(texts, method=method, alpha=alpha, beta=beta, k=k)
+        method = options.pop("method", None)
+        scores, text = self.scores(texts, method=method, **options)
         context = self._require_context()
         return [
             self._result(context, text.texts[i], text.phrases[i], scores[i], method or self.method)
             for i in range(len(text.texts))
         ]
 
-    @overload
-    def segment(self, image: ImageSource, texts: str, **kwargs: Any) -> SegmentationResult: ...
+    # ------------------------------------------------------------ System metadata
+    def query_params(self, **options: Any) -> dict[str, Any]:
+        """Effective ``alpha``, ``beta``, ``k``, ``normalization`` for these query options
+        (after the method's pinned values)."""
+        self.check_options(options)
+        method = options.pop("method", None) or self.method
+        try:
+            wanted = replace(self.config, **{k: v for k, v in options.items() if v is not None})
+        except (TypeError, ValueError) as exc:
+            raise InputError(str(exc)) from None
+        _, effective = resolve_method(method, wanted)
+        return {
+            "alpha": effective.alpha,
+            "beta": effective.beta,
+            "k": effective.k,
+            "normalization": effective.normalization,
+        }
 
-    @overload
-    def segment(
-        self, image: ImageSource, texts: Sequence[str], **kwargs: Any
-    ) -> list[SegmentationResult]: ...
+    def describe(self) -> dict[str, Any]:
+        """System, method, CLIP, proposals, noun-phrase pipeline, pixel cap, parameters."""
+        return {
+            "system": self.name,
+            "method": self.method,
+            "clip": self.clip.name,
+            "proposals": getattr(self.proposals, "name", None),
+            "phrases": self.phrases.pipeline_name,
+            "max_pixels": self.max_pixels,
+            **self.query_params(),
+            "device": str(self.clip.device),
+        }
 
-    def segment(self, image: ImageSource, texts: str | Sequence[str], **kwargs: Any) -> Any:
-        """:meth:`set_image` then :meth:`query`; one result for a string, a list for a list."""
-        image_key = kwargs.pop("image_key", None)
-        proposals = kwargs.pop("proposals", None)
-        self.set_image(image, image_key=image_key, proposals=proposals)
-        results = self.query(texts, **kwargs)
-        return results[0] if isinstance(texts, str) else results
+    def stage_timings(self) -> dict[str, float]:
+        return dict(self.context.timings) if self.context is not None else {}
 
     def _require_context(self) -> ImageContext:
         if self.context is None:
@@ -294,15 +320,3 @@ class Segmenter:
             original_size=context.original_size,
             method=method,
         )
-
-
-def _check_texts(texts: Sequence[str]) -> list[str]:
-    if isinstance(texts, str):
-        texts = [texts]
-    texts = list(texts)
-    if not texts:
-        raise InputError("no expression given")
-    for text in texts:
-        if not isinstance(text, str) or not text.strip():
-            raise InputError("an expression is empty: describe the object to segment")
-    return texts

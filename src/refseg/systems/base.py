@@ -27,6 +27,8 @@ The API (contract B of the project):
   result list has one entry, for the prompt alone (its ``text`` is ``""``). Systems that do
   not support visual prompts (``supports_visual_prompts = False``) raise
   :class:`~refseg.errors.InputError` -- a one-line user error in the CLI and serve.
+- ``query_params(**options)`` gives the effective query parameters (eval's ``params``
+  and sweep checks); ``stage_timings()`` the seconds per stage for the current image.
 - Unknown query options raise :class:`~refseg.errors.InputError` naming the accepted ones
   (``query_options`` lists a system's option names).
 - Registry: :func:`register_system` (a factory or a lazy ``"module:attribute"`` string),
@@ -41,7 +43,9 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import inspect
 import os
+import time
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -158,7 +162,24 @@ class System(ABC):
 
     @abstractmethod
     def describe(self) -> dict[str, Any]:
-        """JSON-ready settings (``system`` name first) recorded in eval configs and reports."""
+        """JSON-ready settings (``system`` name first) recorded in eval configs and reports.
+
+        A ``device`` entry, when present, is informational (a run may resume elsewhere).
+        """
+
+    def query_params(self, **options: Any) -> dict[str, Any]:
+        """The query parameters in effect with these ``options`` (defaults filled in).
+
+        Eval records them as the run's ``params`` and validates sweep points with them; a
+        bad value or unknown option raises :class:`~refseg.errors.InputError`. A value that
+        differs from the one asked for means the system pins it (sweeping it is useless).
+        """
+        self.check_options(options)
+        return {}
+
+    def stage_timings(self) -> dict[str, float]:
+        """Seconds spent per stage on the current image so far (for eval's timing report)."""
+        return {}
 
     def segment(self, image: ImageSource, texts: str | Sequence[str], **options: Any) -> Any:
         """:meth:`set_image` then :meth:`query`; one result for a string, a list otherwise."""
@@ -223,7 +244,9 @@ class DenseSystem(System):
         self.max_pixels = max_pixels
         self.image_cache_size = max(1, int(image_cache_size))
         self._states: OrderedDict[str, Any] = OrderedDict()
-        self._current: tuple[Any, tuple[int, int]] | None = None
+        self._current: tuple[str, tuple[int, int]] | None = None
+        self._last: tuple[Any, list[np.ndarray]] | None = None
+        self._timings: dict[str, float] = {}
 
     # ------------------------------------------------------------ subclass contract
     @abstractmethod
@@ -247,38 +270,60 @@ class DenseSystem(System):
         original_size = (rgb.height, rgb.width)
         working, _ = cap_pixels(rgb, self.max_pixels)
         digest = _image_digest(working)
+        self._timings = {}
         if digest in self._states:
             self._states.move_to_end(digest)
         else:
+            start = time.perf_counter()
             self._states[digest] = self.encode_image(working)
+            self._timings["encode"] = time.perf_counter() - start
             while len(self._states) > self.image_cache_size:
                 self._states.popitem(last=False)
-        self._current = (self._states[digest], original_size)
+        self._current = (digest, original_size)
 
     @torch.inference_mode()
     def query(self, texts: str | Sequence[str], **options: Any) -> list[SegmentationResult]:
         if self._current is None:
             raise InputError("no image set: call set_image(image) first")
-        state, size = self._current
-        chosen = options.pop("threshold", None)
-        threshold = self.threshold if chosen is None else check_threshold(chosen)
-        self.check_options(options)
+        digest, size = self._current
+        threshold = self.query_params(**options)["threshold"]
+        options.pop("threshold", None)
         prompt = pop_visual_prompt(options)
-        if prompt is not None:
-            options["prompt"] = prompt
         texts = check_texts(texts, allow_empty=prompt is not None)
-        logits = self.predict(state, texts, **options)
-        expected = max(len(texts), 1)
-        if logits.ndim != 3 or logits.shape[0] != expected:
-            raise RuntimeError(
-                f"{type(self).__name__}.predict returned {tuple(logits.shape)}; "
-                f"expected [{expected}, h, w]"
+        # The maps of the last query are kept, so that thresholds (a sweep) reuse them.
+        key = None if prompt is not None else (digest, tuple(texts), _freeze(options))
+        if key is not None and self._last is not None and self._last[0] == key:
+            maps = self._last[1]
+        else:
+            if prompt is not None:
+                options["prompt"] = prompt
+            start = time.perf_counter()
+            logits = self.predict(self._states[digest], texts, **options)
+            expected = max(len(texts), 1)
+            if logits.ndim != 3 or logits.shape[0] != expected:
+                raise RuntimeError(
+                    f"{type(self).__name__}.predict returned {tuple(logits.shape)}; "
+                    f"expected [{expected}, h, w]"
+                )
+            maps = [self.probability(logits[i], size) for i in range(expected)]
+            self._timings["predict"] = self._timings.get("predict", 0.0) + (
+                time.perf_counter() - start
             )
+            self._last = (key, maps) if key is not None else None
         labels = texts or [""]
-        return [
-            self._result(label, self.probability(logits[i], size), threshold)
-            for i, label in enumerate(labels)
-        ]
+        return [self._result(label, p, threshold) for label, p in zip(labels, maps, strict=True)]
+
+    def query_params(self, **options: Any) -> dict[str, Any]:
+        """``{"threshold": ...}``: the query's threshold, else the system's."""
+        self.check_options(options)
+        chosen = options.get("threshold")
+        return {"threshold": self.threshold if chosen is None else check_threshold(chosen)}
+
+    def check_options(self, options: Mapping[str, Any]) -> None:
+        super().check_options({k: v for k, v in options.items() if k != "threshold"})
+
+    def stage_timings(self) -> dict[str, float]:
+        return dict(self._timings)
 
     def probability(self, logits: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
         """Logits ``[h, w]`` -> ``float32 [H, W]`` probabilities at ``size`` (bilinear)."""
@@ -312,6 +357,11 @@ class DenseSystem(System):
             "threshold": self.threshold,
             "max_pixels": self.max_pixels,
         }
+
+
+def _freeze(options: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    """A hashable key of query options (by ``repr``: options are plain values)."""
+    return tuple(sorted((k, repr(v)) for k, v in options.items()))
 
 
 def check_threshold(value: Any) -> float:
@@ -355,7 +405,10 @@ class SystemEntry:
                     f"({module_name} is missing)"
                 ) from None
             raise
-        return getattr(module, attribute)
+        target = module
+        for part in attribute.split("."):
+            target = getattr(target, part)
+        return target
 
     def claims(self, path: Path) -> bool:
         """True if this system's ``detect`` recognises ``path`` (False if not installed)."""
@@ -367,10 +420,36 @@ class SystemEntry:
             return False
 
     def build(self, **kwargs: Any) -> System:
-        system = self._resolve(self.factory)(**kwargs)
+        factory = self._resolve(self.factory)
+        check_factory_options(self.name, factory, kwargs)
+        system = factory(**kwargs)
         if not isinstance(system, System):
             raise TypeError(f"the factory of {self.name!r} returned {type(system).__name__}")
         return system
+
+
+def check_factory_options(
+    name: str, factory: Callable[..., Any], kwargs: Mapping[str, Any]
+) -> None:
+    """Refuse keyword arguments ``factory`` does not take, naming those it does (a user
+    passed an option of another system, e.g. ``--alpha`` to a dense system)."""
+    try:
+        parameters = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):  # no signature to check against
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return
+    accepted = [
+        p.name
+        for p in parameters
+        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    ]
+    unknown = [key for key in kwargs if key not in accepted]
+    if unknown:
+        raise InputError(
+            f"the {name} system does not take {', '.join(map(repr, unknown))}; "
+            f"its options: {', '.join(accepted)}"
+        )
 
 
 _SYSTEMS: dict[str, SystemEntry] = {}
@@ -401,7 +480,7 @@ def _register_builtins() -> None:
         return
     register_system(
         "global-local",
-        "refseg.systems.global_local:build_system",
+        "refseg.segmenter:Segmenter.from_pretrained",
         "zero-shot Global-Local CLIP: ranks mask proposals (Yu et al., CVPR 2023)",
     )
     register_system(
