@@ -1,8 +1,9 @@
-"""``refseg eval``: run a method on a dataset split and score it (cached, resumable, sharded).
+"""``refseg eval``: run a system on a dataset split and score it (cached, resumable, sharded).
 
     refseg eval --dataset data/refer --name refcoco --split val --proposals sam --out runs/rc
     refseg eval ... --shard 0/4 --out runs/rc-0    # then: refseg merge runs/rc-* --out runs/rc
     refseg eval ... --sweep alpha=0.5,0.85,0.95,1.0 k=1,2,3
+    refseg eval ... --system maskclip --clip shapes-vit --sweep threshold=0.3,0.5,0.7
 
 Rerunning the same command into the same --out resumes an interrupted run.
 """
@@ -15,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from refseg.commands.options import add_model_options, check_device
+from refseg.commands.options import add_model_options, check_device, load_system
 from refseg.errors import DatasetError, InputError
 
 PROPOSALS_HELP = (
@@ -57,8 +58,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         nargs="+",
         action="extend",
         metavar="KEY=V1,V2",
-        help="also score a grid over alpha, beta, k from the same cached features "
-        "(e.g. alpha=0.5,0.85,0.95,1.0 k=1,2,3)",
+        help="also score a grid over alpha, beta, k (global-local) or threshold (dense "
+        "systems) from the same cached features (e.g. alpha=0.5,0.85,0.95,1.0 k=1,2,3)",
     )
     options.add_argument(
         "--structure",
@@ -73,9 +74,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def default_run_dir(args: argparse.Namespace, split_by: str | None, shard_stem: str | None) -> Path:
-    """``runs/<name>-<split_by>-<split>-<clip>-<proposals>[-<method>][-shard-I-of-N]``."""
-    parts = [args.name, split_by, args.split, Path(args.clip).name, Path(args.proposals).stem]
-    if args.method != "global-local":
+    """``runs/<name>-<split_by>-<split>[-<system>]-<clip>[-<proposals>][-<method>]
+    [-shard-I-of-N]`` (the system when not global-local; options only when given)."""
+    parts = [args.name, split_by, args.split]
+    if args.system != "global-local":
+        parts.append(Path(args.system).name)
+    parts.append(Path(args.clip).name if args.clip else None)
+    parts.append(Path(args.proposals).stem if args.proposals else None)
+    if args.method and args.method != "global-local":
         parts.append(args.method)
     if shard_stem:
         parts.append(shard_stem)
@@ -91,9 +97,9 @@ def run(args: argparse.Namespace) -> int:
     from refseg.eval.metrics import strict_precision
     from refseg.eval.report import PIXELS_DESCRIPTION
     from refseg.eval.runner import EvalRunner, Shard
-    from refseg.eval.sweep import check_points, grid_points, parse_sweep
+    from refseg.eval.sweep import check_system_points, grid_points, parse_sweep
     from refseg.methods import ALPHA_BY_DATASET
-    from refseg.segmenter import DEFAULT_MAX_PIXELS, Segmenter
+    from refseg.systems.base import factory_options
 
     shard = Shard.parse(args.shard) if args.shard else Shard()
     points = grid_points(parse_sweep(args.sweep)) if args.sweep else []
@@ -105,43 +111,40 @@ def run(args: argparse.Namespace) -> int:
     )
     if dataset.num_expressions == 0:
         raise DatasetError(f"{args.name} {args.split} has no expressions; nothing to evaluate")
-    alpha = args.alpha if args.alpha is not None else ALPHA_BY_DATASET.get(args.name.lower())
-    proposals: Any = args.proposals
+    alpha = args.alpha
+    if alpha is None and "alpha" in factory_options(args.system):  # the paper's per dataset
+        alpha = ALPHA_BY_DATASET.get(args.name.lower())
+    proposals: Any = None
     if args.proposals == "gt":
         if not isinstance(dataset, ReferDataset):
             raise InputError("gt proposals need a refer-layout dataset with instances.json")
         from refseg.proposals.ground_truth import GroundTruthProposals
 
         proposals = GroundTruthProposals(dataset.root / dataset.name / "instances.json")
-    segmenter = Segmenter.from_pretrained(
-        clip=args.clip,
-        proposals=proposals,
-        method=args.method,
-        alpha=alpha,
-        beta=args.beta,
-        k=args.k,
-        normalization=args.normalization,
-        pixels=args.pixels,
-        device=args.device,
-        spacy_pipeline=args.spacy,
-        max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS,
-    )
-    check_points(points, args.method, segmenter.config)
+    system = load_system(args, alpha=alpha, proposals=proposals)
+    check_system_points(points, system)
     split_by = getattr(dataset, "split_by", None)
     out = Path(args.out) if args.out else default_run_dir(args, split_by, shard_stem(shard))
-    settings = {
-        "dataset_root": args.dataset,
-        "images": args.images,
-        "clip": args.clip,
-        "proposals": args.proposals,
-        "spacy": args.spacy,
-    }
+    settings: dict[str, Any] = {"dataset_root": args.dataset, "images": args.images}
+    given = {"clip": args.clip, "proposals": args.proposals, "spacy": args.spacy}
+    settings.update({key: value for key, value in given.items() if value is not None})
+    if args.option:
+        settings["options"] = list(args.option)
     runner = EvalRunner(
-        segmenter,
+        system,
         dataset,
         out,
         settings=settings,
-        params={"alpha": alpha, "beta": args.beta, "k": args.k},
+        params={
+            key: value
+            for key, value in (
+                ("alpha", alpha),
+                ("beta", args.beta),
+                ("k", args.k),
+                ("threshold", args.threshold),
+            )
+            if value is not None
+        },
         sweep=points,
         shard=shard,
         limit=args.limit,
@@ -152,7 +155,8 @@ def run(args: argparse.Namespace) -> int:
     summary = runner.run()
     resumed = summary.images - summary.images_computed
     print(
-        f"{summary.images} images ({resumed} resumed), {summary.expressions} expressions"
+        f"{system.name}: {summary.images} images ({resumed} resumed), "
+        f"{summary.expressions} expressions"
         + (
             f"; {summary.no_proposal_images} images had no proposals (scored as IoU 0)"
             if summary.no_proposal_images
@@ -161,9 +165,9 @@ def run(args: argparse.Namespace) -> int:
     )
     title = f"{args.name} {args.split}" + (f" ({split_by})" if split_by else "")
     print(format_table(summary.metrics, title))
-    pixels = segmenter.config.pixels
-    rule = "IoU > X" if strict_precision(args.name) else "IoU >= X"
-    print(f"pixels: {PIXELS_DESCRIPTION[pixels]}; precision@X counts {rule}")
+    rule = f"precision@X counts {'IoU > X' if strict_precision(args.name) else 'IoU >= X'}"
+    pixels = system.query_params(**runner.params).get("pixels")  # global-local's preset
+    print(f"pixels: {PIXELS_DESCRIPTION.get(pixels, pixels)}; {rule}" if pixels else rule)
     if summary.sweep:
         print(f"sweep: {len(summary.sweep)} points -> {out / 'sweep.md'}")
     print(f"wrote {out}/ (predictions.json, metrics.json, report.md, config.json)")

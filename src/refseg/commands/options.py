@@ -1,11 +1,16 @@
-"""Command-line options shared by the commands that build a Segmenter (segment, eval, serve).
+"""Command-line options shared by the commands that build a system (segment, eval, serve).
 
-Options default to ``None`` where the library has a default, so the library's value wins.
+``--system NAME`` picks the system (default ``global-local``); the other model options go to
+its factory (:func:`refseg.load`) only when given, so each system's own defaults win and an
+option the system does not take is a one-line user error. ``--option KEY=VALUE`` passes any
+other factory argument (e.g. a CLIPSeg weights file).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+from typing import Any
 
 from refseg.errors import InputError
 
@@ -17,6 +22,21 @@ PROPOSALS_HELP = (
     "sam-vit-large | sam-vit-huge | a SAM checkpoint directory | superpixel | a COCO-results "
     "JSON file (default: %(default)s)"
 )
+DEFAULT_SYSTEM = "global-local"
+# CLI option (argparse dest) -> the system factory's keyword argument.
+FACTORY_ARGUMENTS = {
+    "clip": "clip",
+    "proposals": "proposals",
+    "method": "method",
+    "alpha": "alpha",
+    "beta": "beta",
+    "k": "k",
+    "normalization": "normalization",
+    "threshold": "threshold",
+    "device": "device",
+    "spacy": "spacy_pipeline",
+    "max_pixels": "max_pixels",
+}
 
 
 def add_model_options(
@@ -27,34 +47,90 @@ def add_model_options(
     alpha_help: str = "global/local visual mix (paper 0.95)",
     hyper_parameters: bool = True,
 ) -> None:
-    """``--clip --proposals --method [--alpha --beta --k --normalization --pixels] --device
-    --spacy --max-pixels``."""
+    """``--system --clip --proposals --method [--alpha --beta --k --normalization --pixels]
+    --threshold --option --device --spacy --max-pixels``."""
     parser.add_argument(
-        "--clip", default="ViT-B/32", help="CLIP name or checkpoint path (offline demo: shapes-vit)"
+        "--system",
+        default=DEFAULT_SYSTEM,
+        help="global-local (default) | maskclip | clipseg | risclip (see the README)",
     )
-    parser.add_argument("--proposals", default="auto", help=proposals_help)
-    parser.add_argument("--method", default="global-local", help=method_help)
+    parser.add_argument(
+        "--clip",
+        help="CLIP name or checkpoint path (default: the system's; offline demo: shapes-vit)",
+    )
+    parser.add_argument("--proposals", help=f"global-local: {proposals_help} (default auto)")
+    parser.add_argument("--method", help=f"global-local: {method_help} (default global-local)")
     if hyper_parameters:
-        parser.add_argument("--alpha", type=float, help=alpha_help)
-        parser.add_argument("--beta", type=float, help="sentence/phrase text mix (paper 0.5)")
-        parser.add_argument("--k", type=int, help="ViT: number of masked final blocks (paper 3)")
+        parser.add_argument("--alpha", type=float, help=f"global-local: {alpha_help}")
+        parser.add_argument(
+            "--beta", type=float, help="global-local: sentence/phrase text mix (paper 0.5)"
+        )
+        parser.add_argument(
+            "--k", type=int, help="global-local, ViT: number of masked final blocks (paper 3)"
+        )
         parser.add_argument(
             "--normalization",
             choices=("reference", "unit"),
-            help="feature mixing: the authors' code (default) or all unit-normalised",
+            help="global-local feature mixing: the authors' code (default) or all unit-normalised",
         )
         parser.add_argument(
             "--pixels",
             choices=PIXEL_PRESETS,
-            help="how the image becomes CLIP's pixels: the authors' code (reference, default: "
-            "800-px ImageNet-normalised, FreeSOLO box) or clean (CLIP statistics, tight box, "
-            "bicubic)",
+            help="global-local: how the image becomes CLIP's pixels: the authors' code "
+            "(reference, default: 800-px ImageNet-normalised, FreeSOLO box) or clean (CLIP "
+            "statistics, tight box, bicubic)",
         )
+    parser.add_argument(
+        "--threshold", type=float, help="dense systems: mask = probability > threshold"
+    )
+    parser.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other argument of the system (repeatable; VALUE read as JSON if it parses)",
+    )
     parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda if available")
-    parser.add_argument("--spacy", help="spaCy pipeline name or path (default: auto-detect)")
+    parser.add_argument("--spacy", help="global-local: spaCy pipeline name or path")
     parser.add_argument(
         "--max-pixels", type=int, help="downscale larger images for processing (default 2048^2)"
     )
+
+
+def parse_option(text: str) -> tuple[str, Any]:
+    """``"key=value"`` -> ``("key", value)``; the value as JSON when it parses, else a str."""
+    key, sep, value = text.partition("=")
+    key = key.strip().replace("-", "_")
+    if not sep or not key.isidentifier():
+        raise InputError(f"bad --option {text!r}: write KEY=VALUE, e.g. --option refined=true")
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value
+
+
+def system_kwargs(args: argparse.Namespace, **overrides: Any) -> dict[str, Any]:
+    """The factory arguments the user gave (``None`` ones left out), ``--option`` pairs and
+    ``overrides`` last."""
+    kwargs = {
+        argument: getattr(args, dest)
+        for dest, argument in FACTORY_ARGUMENTS.items()
+        if getattr(args, dest, None) is not None
+    }
+    if not kwargs.get("max_pixels", 1):  # --max-pixels 0: the default, as before
+        del kwargs["max_pixels"]
+    for text in getattr(args, "option", None) or []:
+        key, value = parse_option(text)
+        kwargs[key] = value
+    kwargs.update({k: v for k, v in overrides.items() if v is not None})
+    return kwargs
+
+
+def load_system(args: argparse.Namespace, **overrides: Any) -> Any:
+    """``refseg.load(args.system, **system_kwargs(args, **overrides))``."""
+    from refseg.systems import load
+
+    return load(args.system, **system_kwargs(args, **overrides))
 
 
 def check_device(device: str | None) -> None:

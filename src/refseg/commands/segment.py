@@ -1,4 +1,9 @@
-"""``refseg segment IMAGE TEXT [TEXT ...]``: masks (and overlays) for expressions."""
+"""``refseg segment IMAGE TEXT [TEXT ...]``: masks (and overlays) for expressions.
+
+Any system (``--system``); dense systems can also write their probability map
+(``--heatmap``). ``--prompt-image SUPPORT --prompt-mask SUPPORT_MASK`` gives an example of
+the object instead of (or besides) a sentence, for systems that take visual prompts.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,8 @@ import argparse
 import json
 from pathlib import Path
 
-from refseg.commands.options import add_model_options, check_device
+from refseg.commands.options import add_model_options, check_device, load_system
+from refseg.errors import InputError
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -17,9 +23,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "expressions, output files get _1, _2, ... before their extension.",
     )
     parser.add_argument("image", help="image file (any format Pillow reads)")
-    parser.add_argument("texts", nargs="+", metavar="TEXT", help="referring expression(s)")
+    parser.add_argument(
+        "texts", nargs="*", metavar="TEXT", help="referring expression(s); optional with a prompt"
+    )
     parser.add_argument("--out", required=True, help="mask PNG to write (255 = object)")
     parser.add_argument("--overlay", help="also write the image with the mask drawn on it")
+    parser.add_argument(
+        "--heatmap", help="dense systems: also write the probability map over the image"
+    )
+    parser.add_argument(
+        "--prompt-image", metavar="SUPPORT", help="visual prompt: an example image of the object"
+    )
+    parser.add_argument(
+        "--prompt-mask", metavar="SUPPORT_MASK", help="visual prompt: the object's mask in it"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object per expression")
     add_model_options(parser)
     parser.set_defaults(func=run)
@@ -38,38 +55,45 @@ def output_paths(path: str | None, count: int) -> list[Path | None]:
 
 def run(args: argparse.Namespace) -> int:
     from refseg.image_io import load_image
-    from refseg.segmenter import DEFAULT_MAX_PIXELS, Segmenter
+    from refseg.systems.base import VisualPrompt
 
     check_device(args.device)
+    if (args.prompt_image is None) != (args.prompt_mask is None):
+        raise InputError("a visual prompt needs both --prompt-image and --prompt-mask")
+    if not args.texts and args.prompt_image is None:
+        raise InputError("give at least one expression (TEXT), or a visual prompt")
     image = load_image(args.image)  # fail on a bad image before loading any model
-    segmenter = Segmenter.from_pretrained(
-        clip=args.clip,
-        proposals=args.proposals,
-        method=args.method,
-        alpha=args.alpha,
-        beta=args.beta,
-        k=args.k,
-        normalization=args.normalization,
-        pixels=args.pixels,
-        device=args.device,
-        spacy_pipeline=args.spacy,
-        max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS,
-    )
-    segmenter.set_image(image, image_key=Path(args.image).name)
-    results = segmenter.query(args.texts)
+    options = {}
+    if args.prompt_image is not None:
+        options["prompt"] = VisualPrompt.build(args.prompt_image, args.prompt_mask)
+    system = load_system(args)
+    system.check_options(options)  # a system without visual prompts: refuse before any work
+    if args.heatmap and not system.dense:
+        raise InputError(f"--heatmap needs a dense system; {system.name} has no probability map")
+    system.set_image(image, image_key=Path(args.image).name)
+    results = system.query(args.texts, **options)
     masks = output_paths(args.out, len(results))
     overlays = output_paths(args.overlay, len(results))
-    for result, mask_path, overlay_path in zip(results, masks, overlays, strict=True):
+    heatmaps = output_paths(args.heatmap, len(results))
+    for result, mask_path, overlay_path, heatmap_path in zip(
+        results, masks, overlays, heatmaps, strict=True
+    ):
         result.save_mask(mask_path)
         if overlay_path is not None:
             result.save_overlay(image, overlay_path)
+        if heatmap_path is not None:
+            result.save_heatmap(heatmap_path, image)
         if args.json:
             record = result.to_dict()
             record["mask_path"] = str(mask_path)
             record["overlay_path"] = str(overlay_path) if overlay_path else None
+            if heatmap_path is not None:
+                record["heatmap_path"] = str(heatmap_path)
             print(json.dumps(record))
         else:
-            where = f" -> {mask_path}" + (f", {overlay_path}" if overlay_path else "")
+            paths = [p for p in (mask_path, overlay_path, heatmap_path) if p is not None]
+            where = " -> " + ", ".join(map(str, paths))
             score = "none" if result.score is None else f"{result.score:.4f}"
-            print(f"{result.text!r}: phrase {result.phrase!r}, score {score}{where}")
+            label = repr(result.text) if result.text else "(visual prompt)"
+            print(f"{label}: phrase {result.phrase!r}, score {score}{where}")
     return 0

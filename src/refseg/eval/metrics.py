@@ -1,4 +1,4 @@
-"""Referring-segmentation metrics: oIoU, mIoU, precision@X, mc-acc and cc-oIoU.
+"""Referring-segmentation metrics: oIoU, mIoU, precision@X, mc-acc, cc-oIoU and pixel AP.
 
 One :class:`MetricsAccumulator` collects one record per expression (its intersection and
 union pixel counts, and optionally whether the predicted proposal had the right class);
@@ -10,6 +10,13 @@ no masks (``add_missing(..., no_proposals=True)``) are *scored*, not skipped: Io
 intersection 0, union = |target|. They are counted in ``n_missing`` and
 ``n_no_proposals``. The Global-Local CLIP reference evaluation skipped referents without
 proposals (``continue``), which inflates its numbers slightly (SPEC section 1.8).
+
+Dense systems (a probability map per expression) also get *pixel AP*, the PhraseCut/CLIPSeg
+scorer's (SPEC section 2, ``metrics.py`` ``FixedIntervalMetrics``): at each of 49 thresholds
+t = 0.02, 0.04, ..., 0.98 the pixels with p > t are counted, TP and FP summed over all
+expressions; precision TP / (1 + TP + FP) and recall TP / (1 + positives) at the thresholds
+that predict anything, duplicate pairs dropped, sorted by recall, integrated with Simpson's
+rule (``scipy.integrate.simpson``). See :func:`pixel_counts` and :func:`pixel_ap`.
 """
 
 from __future__ import annotations
@@ -25,6 +32,64 @@ from refseg.masks import intersection_union
 
 # Prec@X thresholds reported by RIS papers (LAVT, CRIS, Global-Local CLIP).
 PRECISION_THRESHOLDS: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9)
+# Pixel-AP thresholds of the CLIPSeg scorer: np.linspace(0, 1, 51)[1:-1].
+AP_THRESHOLDS: np.ndarray = np.linspace(0.0, 1.0, 51)[1:-1]
+
+
+@dataclass(frozen=True)
+class PixelCounts:
+    """One expression's pixel counts for AP: per threshold of :data:`AP_THRESHOLDS`, the
+    pixels with probability above it inside (``tp``) and outside (``fp``) the target, and
+    the target's size (``positives``)."""
+
+    tp: tuple[int, ...]
+    fp: tuple[int, ...]
+    positives: int
+
+    def to_list(self) -> list[Any]:
+        return [self.positives, list(self.tp), list(self.fp)]
+
+    @classmethod
+    def from_list(cls, data: Sequence[Any]) -> PixelCounts:
+        positives, tp, fp = data
+        return cls(tuple(int(v) for v in tp), tuple(int(v) for v in fp), int(positives))
+
+
+def pixel_counts(probability: np.ndarray, target: np.ndarray) -> PixelCounts:
+    """:class:`PixelCounts` of a probability map ``[H, W]`` against a bool target ``[H, W]``."""
+    if probability.shape != target.shape:
+        raise ValueError(f"shapes differ: {probability.shape} vs {target.shape}")
+    target = target.astype(bool, copy=False)
+    # level[i] = how many thresholds pixel i exceeds (p > t_j holds exactly for j < level).
+    level = np.searchsorted(AP_THRESHOLDS, np.asarray(probability, dtype=np.float64), "left")
+    n = len(AP_THRESHOLDS)
+
+    def above(values: np.ndarray) -> tuple[int, ...]:
+        per_level = np.bincount(values.ravel(), minlength=n + 1)
+        return tuple(int(v) for v in np.cumsum(per_level[::-1])[::-1][1:])
+
+    return PixelCounts(above(level[target]), above(level[~target]), int(target.sum()))
+
+
+def pixel_ap(counts: Iterable[PixelCounts]) -> float | None:
+    """Pixel AP in percent over expressions (the CLIPSeg scorer); ``None`` without counts,
+    0 when no threshold predicts any pixel."""
+    from scipy.integrate import simpson
+
+    counts = list(counts)
+    if not counts:
+        return None
+    tp = np.sum([c.tp for c in counts], axis=0, dtype=np.float64)
+    fp = np.sum([c.fp for c in counts], axis=0, dtype=np.float64)
+    positives = float(sum(c.positives for c in counts))
+    made = tp + fp > 0
+    recalls = tp[made] / (1.0 + positives)
+    precisions = tp[made] / (1.0 + tp[made] + fp[made])
+    pairs = sorted(set(zip(recalls.tolist(), precisions.tolist(), strict=True)))
+    if len(pairs) < 2:
+        return 0.0
+    recall, precision = (np.array(v) for v in zip(*pairs, strict=True))
+    return 100.0 * float(simpson(precision, x=recall))
 
 # Whether an IoU exactly at X counts differs between the field's evaluators, so each
 # benchmark uses its own: LAVT's RefCOCO code counts IoU >= X; CRIS's code and PhraseCut's
@@ -50,6 +115,7 @@ class ExpressionScore:
     no_proposals: bool = False
     class_correct: bool | None = None
     groups: tuple[str, ...] = ()
+    pixels: PixelCounts | None = None
 
     @property
     def iou(self) -> float:
@@ -72,6 +138,7 @@ class MetricsResult:
         mc_acc: 100 * fraction whose predicted proposal's class equals the target's,
             over expressions with a known target class; ``None`` when none had one.
         cc_oiou: oIoU over the class-correct subset; ``None`` with ``mc_acc``.
+        ap: pixel AP (dense systems, see the module docstring); ``None`` otherwise.
         groups: the same metrics per group (e.g. per expression kind).
     """
 
@@ -84,11 +151,13 @@ class MetricsResult:
     mc_acc: float | None = None
     cc_oiou: float | None = None
     groups: dict[str, MetricsResult] = field(default_factory=dict)
+    ap: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict: ``oIoU``, ``mIoU``, ``precision@0.5`` ... ``precision@0.9``,
         ``n_expressions``, ``n_missing``; then, only when they apply, ``n_no_proposals``
-        (when > 0), ``mc-acc`` and ``cc-oIoU`` (when classes were given) and ``groups``.
+        (when > 0), ``mc-acc`` and ``cc-oIoU`` (when classes were given), ``AP`` (dense
+        systems) and ``groups``.
         """
         out: dict[str, Any] = {"oIoU": self.oiou, "mIoU": self.miou}
         for threshold, value in self.precision.items():
@@ -100,6 +169,8 @@ class MetricsResult:
         if self.mc_acc is not None:
             out["mc-acc"] = self.mc_acc
             out["cc-oIoU"] = self.cc_oiou
+        if self.ap is not None:
+            out["AP"] = self.ap
         if self.groups:
             out["groups"] = {name: group.to_dict() for name, group in self.groups.items()}
         return out
@@ -123,6 +194,7 @@ class MetricsResult:
             mc_acc=data.get("mc-acc"),
             cc_oiou=data.get("cc-oIoU"),
             groups=groups,
+            ap=data.get("AP"),
         )
 
 
@@ -187,8 +259,12 @@ class MetricsAccumulator:
         pred_category: int | None = None,
         target_category: int | None = None,
         groups: str | Iterable[str] = (),
+        pixels: PixelCounts | None = None,
     ) -> float:
-        """Score one expression from its pixel counts; returns its IoU."""
+        """Score one expression from its pixel counts; returns its IoU.
+
+        ``pixels``: the probability map's :class:`PixelCounts` (dense systems: pixel AP).
+        """
         intersection, union = int(intersection), int(union)
         if not 0 <= intersection <= union:
             raise ValueError(f"need 0 <= intersection <= union; got {intersection}, {union}")
@@ -197,6 +273,7 @@ class MetricsAccumulator:
             union,
             class_correct=_class_correct(pred_category, target_category),
             groups=_as_groups(groups),
+            pixels=pixels,
         )
         self.records.append(record)
         return record.iou
@@ -273,6 +350,7 @@ def _aggregate(
         n_no_proposals=sum(r.no_proposals for r in records),
         mc_acc=mc_acc,
         cc_oiou=cc_oiou,
+        ap=pixel_ap(r.pixels for r in records if r.pixels is not None),
     )
 
 

@@ -89,7 +89,7 @@ def run_report(
     where = "merged shards" if config.get("merged_from") else f"shard {shard}"
     lines = [f"# refseg eval: {title}", ""]
     lines += ["| setting | value |", "|---|---|"]
-    method = settings.get("method")
+    method = settings.get("method") or settings.get("system")
     knobs = ", ".join(f"{k} {v}" for k, v in params.items())
     lines.append(f"| method | {method} ({knobs}) |")
     lines.append(f"| CLIP | {settings.get('clip')} |")

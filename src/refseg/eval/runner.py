@@ -1,9 +1,11 @@
 """The evaluation runner: cached per image, resumable, sharded, with hyper-parameter sweeps.
 
 For every image of a split (or of one shard of it) the runner sets the image once on a
-:class:`~refseg.segmenter.Segmenter` -- proposals and every visual feature computed once --
-and scores all the image's expressions in one batch, for the main parameters and for every
-sweep point. Layout of a run directory::
+:class:`~refseg.systems.System` -- proposals and every visual feature computed once -- and
+queries all the image's expressions in one batch, for the main parameters and for every
+sweep point. It uses the System interface only, so every system (proposal-based or dense)
+runs the same way; dense systems need no proposals and also get pixel AP (main point).
+Layout of a run directory::
 
     RUN_DIR/config.json                  what ran (options, versions, shard); checked on resume
     RUN_DIR/partial/shard-I-of-N.jsonl   one line per finished image, appended and fsync'ed
@@ -33,7 +35,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,14 +46,19 @@ from tqdm import tqdm
 import refseg
 from refseg.data import ImageDataset, ImageSample
 from refseg.errors import InputError
-from refseg.eval.metrics import MetricsAccumulator, MetricsResult, strict_precision
+from refseg.eval.metrics import (
+    MetricsAccumulator,
+    MetricsResult,
+    PixelCounts,
+    pixel_counts,
+    strict_precision,
+)
 from refseg.eval.predictions import prediction_record, write_json_atomic, write_predictions
 from refseg.eval.report import run_report, write_text_atomic
 from refseg.eval.sweep import sweep_markdown, sweep_rows
-from refseg.masks import intersection_union, resize_masks
-from refseg.methods import ImageContext, resolve_method
-from refseg.proposals import MaskProposals
-from refseg.segmenter import Segmenter
+from refseg.masks import intersection_union
+from refseg.results import SegmentationResult
+from refseg.systems import System
 
 STRUCTURES = ("cached", "reference")
 CONFIG_FILE = "config.json"
@@ -115,8 +122,11 @@ class ImageOutcome:
             (``category_id`` is the target's class, ``area`` its pixel count).
         choices: per point (0 = main parameters, then the sweep points) and per expression,
             ``[proposal, intersection, union, proposal_category]``; ``proposal`` is ``None``
-            when the image had no proposals, ``proposal_category`` when they have no classes.
+            when the image had no proposals (or the system is dense),
+            ``proposal_category`` when they have no classes.
         predictions: prediction records of the main point, one per expression.
+        dense: the system predicted probability maps (no proposals).
+        pixels: dense systems: per expression ``PixelCounts.to_list()`` (main point; AP).
     """
 
     index: int
@@ -125,13 +135,15 @@ class ImageOutcome:
     expressions: list[dict[str, Any]]
     choices: list[list[list[Any]]]
     predictions: list[dict[str, Any]]
+    dense: bool = False
+    pixels: list[list[Any]] | None = None
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, separators=(",", ":"))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ImageOutcome:
-        return cls(**{key: data[key] for key in cls.__dataclass_fields__})
+        return cls(**{key: data[key] for key in cls.__dataclass_fields__ if key in data})
 
 
 def accumulate(
@@ -148,18 +160,27 @@ def accumulate(
     use_classes = any(c[3] is not None for o in outcomes for c in o.choices[point])
     accumulator = MetricsAccumulator(strict=strict)
     for outcome in outcomes:
-        for expression, choice in zip(outcome.expressions, outcome.choices[point], strict=True):
+        pixels = outcome.pixels if point == 0 and outcome.pixels else None
+        pixels = pixels or [None] * len(outcome.choices[point])
+        for expression, choice, counts in zip(
+            outcome.expressions, outcome.choices[point], pixels, strict=True
+        ):
             proposal, inter, union, category = choice
             kind = expression.get("kind")
             groups = (kind,) if kind else ()
             target = expression["category_id"] if use_classes else None
-            if proposal is None:
+            if proposal is None and not outcome.dense:
                 accumulator.add_missing(
                     expression["area"], no_proposals=True, target_category=target, groups=groups
                 )
             else:
                 accumulator.add_counts(
-                    inter, union, pred_category=category, target_category=target, groups=groups
+                    inter,
+                    union,
+                    pred_category=category,
+                    target_category=target,
+                    groups=groups,
+                    pixels=PixelCounts.from_list(counts) if counts else None,
                 )
     return accumulator
 
@@ -320,15 +341,17 @@ class RunSummary:
 
 
 class EvalRunner:
-    """Evaluate a segmenter on a dataset split into a run directory.
+    """Evaluate a system on a dataset split into a run directory.
 
     Args:
-        segmenter: proposals, CLIP and method; its config gives the parameter defaults.
+        system: any :class:`~refseg.systems.System` (e.g. a ``Segmenter``, or one from
+            ``refseg.load``); its settings give the parameter defaults.
         dataset: the split, iterated image by image.
         run_dir: where the run's files go (created; resumed when it holds this run).
         settings: extra description for config.json (paths, names as typed); part of the
             identity a resumed run must match.
-        params: ``alpha`` / ``beta`` / ``k`` of the main point (``None``: segmenter config).
+        params: query options of the main point, e.g. ``alpha`` / ``beta`` / ``k`` or
+            ``threshold`` (``None``: the system's value).
         sweep: extra points ``[{"alpha": 0.5}, ...]`` scored from the same cached features.
         shard: which slice of the images to run.
         limit: only the first ``limit`` images of the split (before sharding).
@@ -339,7 +362,7 @@ class EvalRunner:
 
     def __init__(
         self,
-        segmenter: Segmenter,
+        system: System,
         dataset: ImageDataset,
         run_dir: str | os.PathLike,
         *,
@@ -356,7 +379,7 @@ class EvalRunner:
             raise InputError(f"unknown structure {structure!r}; choose one of {STRUCTURES}")
         if limit is not None and limit < 1:
             raise InputError(f"--limit must be >= 1; got {limit}")
-        self.segmenter = segmenter
+        self.system = system
         self.dataset = dataset
         self.run_dir = Path(run_dir)
         self.extra_settings = dict(settings or {})
@@ -369,28 +392,25 @@ class EvalRunner:
         self.progress = progress
         self.command = list(command) if command is not None else None
 
+    @property
+    def segmenter(self) -> System:
+        """The system (the name from when only Segmenters were evaluated)."""
+        return self.system
+
     # -- configuration -------------------------------------------------------------------
     def config(self) -> dict[str, Any]:
-        """The config.json of this run."""
-        segmenter = self.segmenter
-        _, effective = resolve_method(segmenter.method, replace(segmenter.config, **self.params))
+        """The config.json of this run: settings = the dataset, ``system.describe()`` (its
+        ``system`` name included) and the extra settings; params = the main point's
+        effective query parameters."""
+        described = self.system.describe()
+        device = described.pop("device", None)
+        params = self.system.query_params(**self.params)
         settings = {
             "dataset": getattr(self.dataset, "name", None),
             "split": getattr(self.dataset, "split", None),
             "split_by": getattr(self.dataset, "split_by", None),
-            "method": segmenter.method,
-            "clip": segmenter.clip.name,
-            "proposals": getattr(segmenter.proposals, "name", None),
-            "phrases": segmenter.phrases.pipeline_name,
-            "max_pixels": segmenter.max_pixels,
+            **{key: value for key, value in described.items() if key not in params},
             **self.extra_settings,
-        }
-        params = {
-            "alpha": effective.alpha,
-            "beta": effective.beta,
-            "k": effective.k,
-            "normalization": effective.normalization,
-            "pixels": effective.pixels,
         }
         return {
             "settings": settings,
@@ -400,7 +420,7 @@ class EvalRunner:
             "limit": self.limit,
             "num_images": self._num_images(),
             "structure": self.structure,
-            "device": str(segmenter.clip.device),
+            "device": device,
             "command": self.command,
             "environment": environment(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -484,30 +504,36 @@ class EvalRunner:
     def _evaluate(self, index: int, sample: ImageSample, timings: dict[str, float]) -> ImageOutcome:
         pairs = list(sample.expressions())
         image = sample.load_image()
-        key = image_key(self.segmenter.proposals, sample)
+        key = image_key(getattr(self.system, "proposals", None), sample)
         n_points = len(self.points)
         choices: list[list[list[Any]]] = [[] for _ in range(n_points)]
         predictions: list[dict[str, Any]] = []
+        pixels: list[list[Any]] = []
         n_proposals = 0
         if self.structure == "cached":
             groups = [pairs] if pairs else []
         else:  # the reference's structure: the image set again for every referent
             groups = [[(r, e) for e in r.sentences] for r in sample.referents if r.sentences]
+        dense = self.system.dense
         for group in groups:
-            context = self._set_image(image, key, timings)
-            n_proposals = len(context.proposals)
-            lookup = _ChosenMasks(context.proposals, context.original_size)
+            self._set_image(image, key, timings)
+            lookup = _Overlaps()
             texts = [expression.text for _, expression in group]
             for p, point in enumerate(self.points):
                 if self.structure == "cached":
-                    chosen = self._choose(texts, point)
+                    results = self.system.query(texts, **point)
                 else:  # one expression at a time
-                    chosen = _Chosen.concat([self._choose([text], point) for text in texts])
-                for i, (referent, expression) in enumerate(group):
-                    choices[p].append(lookup.choice(chosen.best[i], referent))
+                    results = [self.system.query([text], **point)[0] for text in texts]
+                for (referent, expression), result in zip(group, results, strict=True):
+                    n_proposals = len(result.proposals)
+                    choice = lookup.choice(result, referent)
+                    choices[p].append(choice)
                     if p == 0:
-                        predictions.append(lookup.record(expression.sent_id, referent, chosen, i))
-            for stage, value in context.timings.items():
+                        record = lookup.record(expression.sent_id, referent, result, choice)
+                        predictions.append(record)
+                        if dense and result.probability is not None:
+                            pixels.append(pixel_counts(result.probability, referent.mask).to_list())
+            for stage, value in self.system.stage_timings().items():
                 timings[stage] = timings.get(stage, 0.0) + value
         expressions = [
             {
@@ -519,98 +545,84 @@ class EvalRunner:
             }
             for referent, expression in pairs
         ]
-        return ImageOutcome(index, sample.image_id, n_proposals, expressions, choices, predictions)
+        return ImageOutcome(
+            index,
+            sample.image_id,
+            n_proposals,
+            expressions,
+            choices,
+            predictions,
+            dense=dense,
+            pixels=pixels if dense else None,
+        )
 
-    def _set_image(self, image: Any, key: Any, timings: dict[str, float]) -> ImageContext:
+    def _set_image(self, image: Any, key: Any, timings: dict[str, float]) -> None:
         start = time.perf_counter()
         with warnings.catch_warnings():
             # Images without proposals are expected, scored as IoU 0 and counted.
             warnings.filterwarnings("ignore", message="no mask proposals")
-            context = self.segmenter.set_image(image, image_key=key)
+            self.system.set_image(image, image_key=key)
         timings["set_image"] = timings.get("set_image", 0.0) + time.perf_counter() - start
-        return context
-
-    def _choose(self, texts: Sequence[str], point: Mapping[str, Any]) -> _Chosen:
-        """Best proposal, its score, the phrase and the top proposals per text."""
-        scores, text = self.segmenter.scores(texts, **point)
-        if scores.shape[1] == 0:
-            return _Chosen([None] * len(texts), [None] * len(texts), text.phrases,
-                           [[] for _ in texts])
-        best = scores.argmax(dim=1)  # the first maximum, as Segmenter.query
-        values = scores.gather(1, best[:, None])[:, 0]
-        top_values, top_indices = scores.topk(min(TOP_PROPOSALS, scores.shape[1]), dim=1)
-        top = [
-            [(int(i), float(v)) for i, v in zip(indices, row, strict=True)]
-            for indices, row in zip(top_indices.tolist(), top_values.tolist(), strict=True)
-        ]
-        return _Chosen([int(b) for b in best], [float(v) for v in values], text.phrases, top)
 
 
-@dataclass
-class _Chosen:
-    """Per text of a batch: chosen proposal, its score, the extracted phrase, and the
-    ``TOP_PROPOSALS`` best ``(proposal, score)`` (recorded for the report's gallery)."""
-
-    best: list[int | None]
-    scores: list[float | None]
-    phrases: list[str]
-    top: list[list[tuple[int, float]]]
-
-    @classmethod
-    def concat(cls, parts: Sequence[_Chosen]) -> _Chosen:
-        return cls(*([item for part in parts for item in getattr(part, name)]
-                     for name in ("best", "scores", "phrases", "top")))
+def _category(result: SegmentationResult) -> int | None:
+    """The chosen proposal's class (ground-truth proposals), else ``None``."""
+    categories = result.proposals.categories
+    return None if result.index is None or categories is None else int(categories[result.index])
 
 
-class _ChosenMasks:
-    """Chosen proposals at the original size, and their overlap with targets, each once."""
+class _Overlaps:
+    """Each result's overlap with its target; a proposal's counted once per target."""
 
-    def __init__(self, proposals: MaskProposals, original_size: tuple[int, int]) -> None:
-        self.proposals = proposals
-        self.size = original_size
-        self._masks: dict[int, np.ndarray] = {}
+    def __init__(self) -> None:
         self._counts: dict[tuple[int, int], tuple[int, int]] = {}
 
-    def mask(self, index: int | None) -> np.ndarray:
-        if index is None:
-            return np.zeros(self.size, dtype=bool)
-        if index not in self._masks:
-            self._masks[index] = resize_masks(self.proposals.masks[index], self.size)
-        return self._masks[index]
-
-    def category(self, index: int | None) -> int | None:
-        categories = self.proposals.categories
-        return None if index is None or categories is None else int(categories[index])
-
-    def choice(self, index: int | None, referent: Any) -> list[Any]:
-        """``[proposal, intersection, union, proposal_category]`` of one expression."""
-        if index is None:
-            return [None, 0, int(np.count_nonzero(referent.mask)), None]
+    def _proposal_counts(
+        self, result: SegmentationResult, index: int, referent: Any
+    ) -> tuple[int, int]:
         key = (index, referent.ref_id)
         if key not in self._counts:
-            self._counts[key] = intersection_union(self.mask(index), referent.mask)
-        inter, union = self._counts[key]
-        return [index, inter, union, self.category(index)]
+            mask = result.mask if index == result.index else result.proposal_mask(index)
+            self._counts[key] = intersection_union(mask, referent.mask)
+        return self._counts[key]
 
-    def record(self, sent_id: int, referent: Any, chosen: _Chosen, i: int) -> dict[str, Any]:
-        """The prediction record of text ``i`` of ``chosen``: the mask and, for the report,
-        its IoU, the phrase and the top proposals with their scores and IoUs."""
-        index = chosen.best[i]
-        _, inter, union, category = self.choice(index, referent)
-        extra: dict[str, Any] = {"score": chosen.scores[i], "ref_id": referent.ref_id,
-                                 "proposal": index}
+    def choice(self, result: SegmentationResult, referent: Any) -> list[Any]:
+        """``[proposal, intersection, union, proposal_category]`` of one expression."""
+        if result.index is not None:
+            inter, union = self._proposal_counts(result, result.index, referent)
+            return [result.index, inter, union, _category(result)]
+        if not result.mask.any():  # no proposals, or an empty dense mask
+            return [None, 0, int(np.count_nonzero(referent.mask)), None]
+        return [None, *intersection_union(result.mask, referent.mask), None]
+
+    def record(
+        self, sent_id: int, referent: Any, result: SegmentationResult, choice: list[Any]
+    ) -> dict[str, Any]:
+        """The prediction record of ``result`` (whose :meth:`choice` is ``choice``): the
+        mask and, for the report, its IoU, the phrase and the top proposals with their
+        scores and IoUs (none for dense systems)."""
+        _, inter, union, category = choice
+        extra: dict[str, Any] = {
+            "score": result.score,
+            "ref_id": referent.ref_id,
+            "proposal": result.index,
+        }
         if category is not None:
             extra["category_id"] = category
         extra["iou"] = inter / union if union else 0.0  # unrounded: compared with 0.5
-        extra["phrase"] = chosen.phrases[i]
+        extra["phrase"] = result.phrase
         extra["top"] = [
-            {"proposal": p, "score": round(score, 6), "iou": self._iou(p, referent)}
-            for p, score in chosen.top[i]
+            {
+                "proposal": int(p),
+                "score": round(float(result.scores[p]), 6),
+                "iou": self._iou(result, int(p), referent),
+            }
+            for p in result.ranking[:TOP_PROPOSALS]
         ]
-        return prediction_record(sent_id, self.mask(index), **extra)
+        return prediction_record(sent_id, result.mask, **extra)
 
-    def _iou(self, index: int, referent: Any) -> float:
-        _, inter, union, _ = self.choice(index, referent)
+    def _iou(self, result: SegmentationResult, index: int, referent: Any) -> float:
+        inter, union = self._proposal_counts(result, index, referent)
         return inter / union if union else 0.0
 
 

@@ -1,4 +1,5 @@
-"""Hyper-parameter sweeps: a grid of (alpha, beta, k) points evaluated on cached features.
+"""Hyper-parameter sweeps: a grid of (alpha, beta, k) points evaluated on cached features
+(or of ``threshold`` for dense systems: the probability maps are computed once).
 
 ``--sweep alpha=0.5,0.85,0.95,1.0 k=1,2,3`` is the grid of every combination (4 x 3 = 12
 points, in the order the keys were given, last key fastest). The runner sets each image
@@ -19,7 +20,7 @@ from refseg.eval.metrics import MetricsResult
 from refseg.methods import GlobalLocalConfig, resolve_method
 
 # Keys a sweep may vary, with the type of their values.
-SWEEP_KEYS: dict[str, type] = {"alpha": float, "beta": float, "k": int}
+SWEEP_KEYS: dict[str, type] = {"alpha": float, "beta": float, "k": int, "threshold": float}
 
 Point = dict[str, Any]
 
@@ -83,6 +84,26 @@ def check_points(points: Sequence[Point], method: str, config: GlobalLocalConfig
                 )
 
 
+def check_system_points(points: Sequence[Point], system: Any) -> None:
+    """Fail early on points a :class:`~refseg.systems.System` rejects or pins.
+
+    Raises:
+        InputError: a key the system has no option for (e.g. ``threshold`` for
+            global-local), a bad value, or a key the system fixes.
+    """
+    for point in points:
+        try:
+            effective = system.query_params(**point)
+        except InputError as exc:
+            raise InputError(f"sweep point {point_label(point)}: {exc}") from None
+        for key, value in point.items():
+            if key in effective and effective[key] != value:
+                raise InputError(
+                    f"{system.name} fixes {key}={effective[key]} here, so sweeping {key} "
+                    "changes nothing; sweep another key"
+                )
+
+
 def point_label(point: Mapping[str, Any]) -> str:
     """``{"alpha": 0.5, "k": 2}`` -> ``"alpha=0.5,k=2"``."""
     return ",".join(f"{key}={value:g}" for key, value in point.items())
@@ -116,6 +137,7 @@ def sweep_markdown(rows: Sequence[Mapping[str, Any]], keys: Sequence[str], title
 __all__ = [
     "SWEEP_KEYS",
     "check_points",
+    "check_system_points",
     "grid_points",
     "parse_sweep",
     "point_label",

@@ -192,6 +192,10 @@ class System(ABC):
         return results[0] if isinstance(texts, str) else results
 
     # ---------------------------------------------------------------- option helpers
+    def accepted_options(self) -> tuple[str, ...]:
+        """Names of the options :meth:`query` takes besides visual prompts."""
+        return tuple(self.query_options)
+
     def check_options(self, options: Mapping[str, Any]) -> None:
         """Refuse options this system does not take, with a message naming those it does."""
         prompts = [k for k in options if k in PROMPT_OPTIONS and options[k] is not None]
@@ -200,14 +204,12 @@ class System(ABC):
                 f"the {self.name} system does not take visual prompts (an example image and "
                 f"mask); use a system that does, such as clipseg"
             )
-        unknown = sorted(
-            k for k in options if k not in self.query_options and k not in PROMPT_OPTIONS
-        )
+        accepted = self.accepted_options()
+        unknown = sorted(k for k in options if k not in accepted and k not in PROMPT_OPTIONS)
         if unknown:
-            accepted = ", ".join(self.query_options) or "none"
             raise InputError(
                 f"the {self.name} system has no option {', '.join(map(repr, unknown))}; "
-                f"its options: {accepted}"
+                f"its options: {', '.join(accepted) or 'none'}"
             )
 
 
@@ -319,8 +321,9 @@ class DenseSystem(System):
         chosen = options.get("threshold")
         return {"threshold": self.threshold if chosen is None else check_threshold(chosen)}
 
-    def check_options(self, options: Mapping[str, Any]) -> None:
-        super().check_options({k: v for k, v in options.items() if k != "threshold"})
+    def accepted_options(self) -> tuple[str, ...]:
+        """``threshold`` and the subclass's :attr:`query_options`."""
+        return ("threshold", *(k for k in self.query_options if k != "threshold"))
 
     def stage_timings(self) -> dict[str, float]:
         return dict(self._timings)
@@ -428,22 +431,27 @@ class SystemEntry:
         return system
 
 
+def _keyword_names(factory: Callable[..., Any]) -> list[str] | None:
+    """Keyword arguments ``factory`` takes; ``None`` when it takes any (``**kwargs``) or has
+    no signature to inspect."""
+    try:
+        parameters = list(inspect.signature(factory).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return None
+    keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return [p.name for p in parameters if p.kind in keyword]
+
+
 def check_factory_options(
     name: str, factory: Callable[..., Any], kwargs: Mapping[str, Any]
 ) -> None:
     """Refuse keyword arguments ``factory`` does not take, naming those it does (a user
     passed an option of another system, e.g. ``--alpha`` to a dense system)."""
-    try:
-        parameters = inspect.signature(factory).parameters.values()
-    except (TypeError, ValueError):  # no signature to check against
+    accepted = _keyword_names(factory)
+    if accepted is None:
         return
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
-        return
-    accepted = [
-        p.name
-        for p in parameters
-        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    ]
     unknown = [key for key in kwargs if key not in accepted]
     if unknown:
         raise InputError(
@@ -498,6 +506,20 @@ def _register_builtins() -> None:
         "refseg.risclip:build_system",
         "RISCLIP: frozen CLIP with adapters and cross-modal modules, trained for RIS",
     )
+
+
+def factory_options(system: str | os.PathLike) -> tuple[str, ...]:
+    """The keyword arguments the factory of registered ``system`` takes (``()`` when the
+    name is not registered, the system is not installed, or its factory takes anything)."""
+    _register_builtins()
+    entry = _SYSTEMS.get(os.fspath(system))
+    if entry is None:
+        return ()
+    try:
+        names = _keyword_names(entry._resolve(entry.factory))
+    except InputError:
+        return ()
+    return tuple(names or ())
 
 
 def available_systems() -> dict[str, str]:
