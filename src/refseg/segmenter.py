@@ -279,7 +279,7 @@ class Segmenter(System):
             "method": self.method,
             "clip": self.clip.name,
             "proposals": getattr(self.proposals, "name", None),
-            "phrases": self.phrases.pipeline_name,
+            "phrases": getattr(self.phrases, "pipeline_name", None),
             "max_pixels": self.max_pixels,
             **self.query_params(),
             "device": str(self.clip.device),
@@ -287,6 +287,17 @@ class Segmenter(System):
 
     def stage_timings(self) -> dict[str, float]:
         return dict(self.context.timings) if self.context is not None else {}
+
+    def warm_up(self) -> None:
+        load = getattr(self.phrases, "load", None)
+        if load is not None:
+            load()  # the parse pipeline now, not during the first request
+
+    def image_state(self) -> ImageContext | None:
+        return self.context
+
+    def restore_image_state(self, state: ImageContext) -> None:
+        self.context = state
 
     def _require_context(self) -> ImageContext:
         if self.context is None:

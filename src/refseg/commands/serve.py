@@ -1,7 +1,8 @@
 """``refseg serve``: the web service and browser page (see :mod:`refseg.serve`).
 
-The model is loaded once, before the server starts, so a bad ``--clip`` or a missing
-download ends the command with one line instead of a server that cannot answer.
+The system (``--system``, default global-local) is loaded once, before the server starts,
+so a bad ``--clip`` or a missing download ends the command with one line instead of a
+server that cannot answer.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import socket
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from refseg.commands.options import add_model_options, check_device
+from refseg.commands.options import add_model_options, check_device, load_system
 from refseg.errors import InputError
 
 if TYPE_CHECKING:
@@ -81,7 +82,6 @@ def check_port(host: str, port: int) -> None:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from refseg.segmenter import DEFAULT_MAX_PIXELS, Segmenter
     from refseg.serve.app import create_app
     from refseg.serve.service import describe_model
 
@@ -91,16 +91,9 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     check_device(args.device)
     check_port(args.host, args.port)
-    log.info("loading CLIP %r ...", args.clip)
-    segmenter = Segmenter.from_pretrained(
-        clip=args.clip,
-        proposals=args.proposals,
-        method=args.method,
-        device=args.device,
-        spacy_pipeline=args.spacy,
-        max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS,
-    )
-    segmenter.phrases.load()  # parse pipeline now, not during the first request
+    log.info("loading %s (CLIP %s) ...", args.system, args.clip or "default")
+    segmenter = load_system(args)
+    segmenter.warm_up()  # e.g. the parse pipeline now, not during the first request
     log.info("loaded %s", describe_model(segmenter))
     if args.host not in LOOPBACK:
         log.warning("listening on %s: anyone who can reach this address can use it", args.host)

@@ -1,7 +1,11 @@
 """``refseg serve``'s web app: ``POST /segment``, ``GET /health`` and a browser page at ``/``.
 
-    app = create_app(Segmenter.from_pretrained(clip="shapes-vit"), ServeSettings(timeout_s=30))
+    app = create_app(refseg.load("global-local", clip="shapes-vit"), ServeSettings(timeout_s=30))
     uvicorn.run(app, host="127.0.0.1", port=8000)
+
+Any :class:`~refseg.systems.System` can be served. Dense systems' results carry a heat map
+(a PNG data URL); systems that take visual prompts accept an example image and mask
+(multipart fields ``prompt_image`` and ``prompt_mask``) instead of or besides the text.
 
 Model work runs in a small thread pool so the event loop stays free; each request has a
 deadline (504 when it passes), and :class:`~refseg.serve.service.SegmentService` lets one
@@ -12,6 +16,7 @@ status; no bad request can take the server down.
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import logging
 import threading
@@ -35,7 +40,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from refseg import __version__
 from refseg.errors import ImageError, InputError, RefsegError
 from refseg.masks import encode_rle, mask_bbox
-from refseg.segmenter import Segmenter
 from refseg.serve.service import (
     DeadlineExceededError,
     ImageTooLargeError,
@@ -44,11 +48,14 @@ from refseg.serve.service import (
     SegmentService,
     UnsupportedImageError,
 )
-from refseg.visualize import mask_image
+from refseg.systems import System
+from refseg.visualize import heatmap_image, mask_image
 
 log = logging.getLogger("refseg.serve")
 
 STATIC_DIR = resources.files("refseg") / "serve" / "static"
+# Heat maps are sent at most this many pixels on their long side (the page scales them).
+HEATMAP_SIDE = 512
 # Room for the multipart envelope and text fields on top of the image in Content-Length.
 FORM_OVERHEAD_BYTES = 256 * 1024
 
@@ -97,16 +104,22 @@ class ProposalOut(BaseModel):
 
 
 class ResultOut(BaseModel):
-    text: str
+    text: str = Field(description="the expression; empty for a visual prompt alone")
     phrase: str = Field(description="target noun phrase used for the local text feature")
-    method: str
-    score: float | None = Field(description="the chosen proposal's score; null if none")
+    method: str = Field(description="the method or (dense systems) the system name")
+    score: float | None = Field(
+        description="the chosen proposal's score (dense: the highest probability); null if none"
+    )
     proposal: int | None = Field(description="index of the chosen proposal")
     bbox: list[int] | None
     area: int
     num_proposals: int
     segmentation: RLE = Field(description="the mask at the original image size")
     proposals: list[ProposalOut] = Field(description="best proposals first, with their masks")
+    dense: bool = Field(False, description="a dense system's result (probability map)")
+    heatmap: str | None = Field(
+        None, description="dense: the probability map in colour, a PNG data URL; else null"
+    )
 
 
 class ImageOut(BaseModel):
@@ -140,6 +153,10 @@ class LimitsOut(BaseModel):
 
 class HealthOut(BaseModel):
     status: Literal["ready", "loading", "failed"]
+    system: str | None = Field(description="the served system (global-local, maskclip, ...)")
+    dense: bool | None = Field(description="it predicts probability maps (heat maps)")
+    visual_prompts: bool | None = Field(description="it takes an example image and mask")
+    settings: dict[str, Any] | None = Field(description="the system's describe()")
     model: str | None
     device: str | None
     method: str | None
@@ -208,6 +225,8 @@ def render_json(outcome: Outcome, top: int) -> dict[str, Any]:
         record = result.to_dict(top=0, rle=True)
         record.pop("top_proposals")
         record["proposals"] = [proposal(result, int(i)) for i in result.ranking[:top]]
+        record["dense"] = result.probability is not None
+        record["heatmap"] = None if result.probability is None else heatmap_url(result.probability)
         results.append(record)
     return {
         "results": results,
@@ -217,6 +236,15 @@ def render_json(outcome: Outcome, top: int) -> dict[str, Any]:
     }
 
 
+def heatmap_url(probability: Any) -> str:
+    """A probability map as a coloured PNG data URL, at most :data:`HEATMAP_SIDE` long."""
+    picture = heatmap_image(probability)
+    picture.thumbnail((HEATMAP_SIDE, HEATMAP_SIDE))
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
 def render_png(outcome: Outcome) -> bytes:
     """The single result's mask as an 8-bit PNG (255 = object)."""
     buffer = io.BytesIO()
@@ -224,10 +252,17 @@ def render_png(outcome: Outcome) -> bytes:
     return buffer.getvalue()
 
 
-def check_texts(texts: list[str], settings: ServeSettings) -> list[str]:
-    """Strip the expressions and enforce the limits (raises :class:`ApiError`)."""
+def check_texts(
+    texts: list[str], settings: ServeSettings, *, allow_none: bool = False
+) -> list[str]:
+    """Strip the expressions and enforce the limits (raises :class:`ApiError`); no
+    expression at all is fine with ``allow_none`` (a visual prompt alone)."""
     texts = [t.strip() for t in texts]
-    if not texts or any(not t for t in texts):
+    if not texts and not allow_none:
+        raise ApiError(
+            422, "invalid request: text: give an expression (or an example image and its mask)"
+        )
+    if any(not t for t in texts):
         raise ApiError(422, "an expression is empty: describe the object to segment")
     if len(texts) > settings.max_texts:
         raise ApiError(
@@ -265,21 +300,21 @@ class WorkerPool:
 
 
 def create_app(
-    segmenter: Segmenter | Callable[[], Segmenter],
+    segmenter: System | Callable[[], System],
     settings: ServeSettings | None = None,
 ) -> FastAPI:
     """The FastAPI app serving ``segmenter``.
 
     Args:
-        segmenter: a ready :class:`Segmenter`, or a function that builds one; the function
-            runs in a background thread at start-up and ``/health`` says ``"loading"``
-            (``/segment`` answers 503) until it returns.
+        segmenter: a ready :class:`~refseg.systems.System` (e.g. a ``Segmenter``), or a
+            function that builds one; the function runs in a background thread at start-up
+            and ``/health`` says ``"loading"`` (``/segment`` answers 503) until it returns.
         settings: limits; defaults to :class:`ServeSettings()`.
     """
     settings = settings or ServeSettings()
-    ready = segmenter if isinstance(segmenter, Segmenter) else None
+    ready = segmenter if isinstance(segmenter, System) else None
     if ready is None and not callable(segmenter):
-        raise TypeError("segmenter must be a Segmenter or a function returning one")
+        raise TypeError("segmenter must be a System or a function returning one")
     service = SegmentService(
         ready, cache_size=settings.cache_size, max_image_pixels=settings.max_image_pixels
     )
@@ -352,22 +387,34 @@ def create_app(
     )
     async def segment(
         image: Annotated[UploadFile, File(description="the image (PNG, JPEG, WebP, ...)")],
-        text: Annotated[list[str], Form(description="a referring expression; repeat the field")],
+        text: Annotated[
+            list[str] | None,
+            Form(description="a referring expression; repeat the field (optional with a prompt)"),
+        ] = None,
         method: Annotated[str | None, Form(description="method name (see /health)")] = None,
         alpha: Annotated[float | None, Form(ge=0, le=1, description="global/local mix")] = None,
         beta: Annotated[float | None, Form(ge=0, le=1, description="sentence/phrase mix")] = None,
         k: Annotated[int | None, Form(ge=1, description="ViT: masked final blocks")] = None,
+        threshold: Annotated[
+            float | None, Form(ge=0, lt=1, description="dense systems: mask = probability > it")
+        ] = None,
+        prompt_image: Annotated[
+            UploadFile | None, File(description="visual prompt: an example image of the object")
+        ] = None,
+        prompt_mask: Annotated[
+            UploadFile | None, File(description="visual prompt: the object's mask in it")
+        ] = None,
         format: Annotated[
             Literal["json", "png"], Query(description="png: the mask of a single expression")
         ] = "json",
     ) -> Any:
-        """Segment the object each expression describes.
+        """Segment the object each expression describes (or the example prompt shows).
 
         Repeated requests with the same image bytes reuse its proposals and visual
-        features (``cached: true``).
+        features (``cached: true``). Options a system does not take are a 400.
         """
         deadline = time.monotonic() + settings.timeout_s
-        texts = check_texts(text, settings)
+        texts = check_texts(text or [], settings, allow_none=prompt_image is not None)
         if format == "png" and len(texts) != 1:
             raise ApiError(400, f"format=png needs exactly one expression; got {len(texts)}")
         if image.size is not None and image.size > settings.max_upload_bytes:
@@ -375,7 +422,18 @@ def create_app(
         data = await image.read(settings.max_upload_bytes + 1)
         if len(data) > settings.max_upload_bytes:
             raise ApiError(413, _too_large_message(len(data), settings))
-        params = {"method": method or None, "alpha": alpha, "beta": beta, "k": k}
+        params: dict[str, Any] = {
+            "method": method or None,
+            "alpha": alpha,
+            "beta": beta,
+            "k": k,
+            "threshold": threshold,
+        }
+        if (prompt_image is None) != (prompt_mask is None):
+            raise ApiError(422, "a visual prompt needs both prompt_image and prompt_mask")
+        for name, upload in (("prompt_image", prompt_image), ("prompt_mask", prompt_mask)):
+            if upload is not None:
+                params[name] = await _read_upload(upload, settings)
         job = partial(_job, service, data, texts, params, deadline, format, settings)
         loop = asyncio.get_running_loop()
         try:
@@ -415,6 +473,16 @@ def _job(
     if format == "png":
         return render_png(outcome)
     return render_json(outcome, settings.top_proposals)
+
+
+async def _read_upload(upload: UploadFile, settings: ServeSettings) -> bytes:
+    """An extra uploaded file (a visual prompt), within the upload limit (else 413)."""
+    if upload.size is not None and upload.size > settings.max_upload_bytes:
+        raise ApiError(413, _too_large_message(upload.size, settings))
+    data = await upload.read(settings.max_upload_bytes + 1)
+    if len(data) > settings.max_upload_bytes:
+        raise ApiError(413, _too_large_message(len(data), settings))
+    return data
 
 
 def _too_large_message(size: int, settings: ServeSettings) -> str:

@@ -1,4 +1,5 @@
-"""The model side of ``refseg serve``: one shared :class:`Segmenter`, a lock, an image cache.
+"""The model side of ``refseg serve``: one shared :class:`~refseg.systems.System` (any
+system: Global-Local, a dense one, ...), a lock, an image cache.
 
 Nothing here knows about HTTP, so the behaviour that matters (uploads checked before any
 model work, visual work reused across requests for the same image, one request at a time
@@ -22,11 +23,11 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
-from refseg.errors import ImageError, RefsegError
+from refseg.errors import ImageError, InputError, RefsegError
 from refseg.image_io import load_image
-from refseg.methods import ImageContext, available_methods
+from refseg.methods import available_methods
 from refseg.results import SegmentationResult
-from refseg.segmenter import Segmenter
+from refseg.systems import System, VisualPrompt
 
 log = logging.getLogger("refseg.serve")
 
@@ -97,30 +98,32 @@ def _known_signature(data: bytes) -> bool:
 
 
 class ContextCache:
-    """Bounded LRU of :class:`ImageContext` keyed by the SHA-256 of the uploaded bytes.
+    """Bounded LRU of image states (``System.image_state()``) keyed by the SHA-256 of the
+    uploaded bytes.
 
-    A context holds the image's proposals and every visual feature computed so far, so a
-    hit skips the proposal generator and the image encoder. Thread-safe.
+    A state holds what the system computed for the image (Global-Local: its proposals and
+    every visual feature so far), so a hit skips the proposal generator and the image
+    encoder. Thread-safe.
     """
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self.hits = 0
         self.misses = 0
-        self._items: OrderedDict[str, ImageContext] = OrderedDict()
+        self._items: OrderedDict[str, Any] = OrderedDict()
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._items)
 
-    def get(self, key: str) -> ImageContext | None:
+    def get(self, key: str) -> Any | None:
         with self._lock:
             context = self._items.get(key)
             if context is not None:
                 self._items.move_to_end(key)
             return context
 
-    def put(self, key: str, context: ImageContext) -> None:
+    def put(self, key: str, context: Any) -> None:
         with self._lock:
             self._items[key] = context
             self._items.move_to_end(key)
@@ -148,17 +151,18 @@ class Outcome:
 
 
 class SegmentService:
-    """One :class:`Segmenter` shared by all requests, used by one thread at a time.
+    """One :class:`~refseg.systems.System` shared by all requests, used by one thread at a
+    time.
 
     Args:
-        segmenter: a ready segmenter, or ``None`` until :meth:`load` provides one.
-        cache_size: images whose contexts are kept (each holds its proposal masks).
+        segmenter: a ready system, or ``None`` until :meth:`load` provides one.
+        cache_size: images whose states are kept (Global-Local's hold proposal masks).
         max_image_pixels: larger uploads are refused before decoding.
     """
 
     def __init__(
         self,
-        segmenter: Segmenter | None = None,
+        segmenter: System | None = None,
         *,
         cache_size: int = 8,
         max_image_pixels: int = 100_000_000,
@@ -171,7 +175,7 @@ class SegmentService:
         self._model_lock = threading.Lock()
         self._loader: threading.Thread | None = None
 
-    def load(self, loader: Callable[[], Segmenter]) -> None:
+    def load(self, loader: Callable[[], System]) -> None:
         """Call ``loader`` (blocking) and become ready, or record why it failed."""
         try:
             segmenter = loader()
@@ -182,7 +186,7 @@ class SegmentService:
         self._segmenter, self.state = segmenter, "ready"
         log.info("model ready: %s", describe_model(segmenter))
 
-    def load_in_background(self, loader: Callable[[], Segmenter]) -> None:
+    def load_in_background(self, loader: Callable[[], System]) -> None:
         """Start :meth:`load` in a daemon thread (once; later calls do nothing)."""
         with self._model_lock:
             if self._loader is None and self._segmenter is None:
@@ -191,22 +195,27 @@ class SegmentService:
                 )
                 self._loader.start()
 
-    def require_segmenter(self) -> Segmenter:
-        """The segmenter, or :class:`NotReadyError` while there is none."""
+    def require_segmenter(self) -> System:
+        """The system, or :class:`NotReadyError` while there is none."""
         if self._segmenter is None:
             why = f"failed to load ({self.error})" if self.error else "is still loading"
             raise NotReadyError(f"the model {why}: retry later or check the server log")
         return self._segmenter
 
     def describe(self) -> dict[str, Any]:
-        """Status, model, device, default method and proposal generator, cache counters."""
+        """Status, system, model, device, default method and proposal generator, whether
+        it is dense and takes visual prompts, its settings, cache counters."""
         info: dict[str, Any] = {
             "status": self.state,
+            "system": None,
+            "dense": None,
+            "visual_prompts": None,
+            "settings": None,
             "model": None,
             "device": None,
             "method": None,
             "proposals": None,
-            "methods": sorted(available_methods()),
+            "methods": [],
             "error": self.error,
             "cache": {
                 "entries": len(self.cache),
@@ -216,16 +225,23 @@ class SegmentService:
             },
         }
         if self._segmenter is not None:
+            system = self._segmenter
+            described = system.describe()
             info.update(
-                model=self._segmenter.clip.name,
-                device=str(self._segmenter.clip.device),
-                method=self._segmenter.method,
-                proposals=getattr(self._segmenter.proposals, "name", None),
+                system=system.name,
+                dense=system.dense,
+                visual_prompts=system.supports_visual_prompts,
+                settings=described,
+                model=described.get("clip"),
+                device=described.get("device"),
+                method=described.get("method"),
+                proposals=described.get("proposals"),
+                methods=sorted(available_methods()) if "method" in described else [],
             )
         return info
 
     @contextmanager
-    def _model(self, deadline: float) -> Iterator[Segmenter]:
+    def _model(self, deadline: float) -> Iterator[System]:
         """Hold the model lock, waiting no later than ``deadline`` (``time.monotonic``)."""
         segmenter = self.require_segmenter()
         remaining = deadline - time.monotonic()
@@ -242,45 +258,61 @@ class SegmentService:
         texts: Sequence[str],
         *,
         deadline: float,
-        method: str | None = None,
-        alpha: float | None = None,
-        beta: float | None = None,
-        k: int | None = None,
+        prompt_image: bytes | None = None,
+        prompt_mask: bytes | None = None,
+        **options: Any,
     ) -> Outcome:
         """Segment every expression in the uploaded image ``data`` (encoded bytes).
 
-        The image is decoded outside the model lock; its context is looked up by hash, so
+        The image is decoded outside the model lock; its state is looked up by hash, so
         the proposal generator and the image encoder run once per distinct image.
 
+        Args:
+            prompt_image, prompt_mask: an example of the object (encoded images; both or
+                neither), for systems that take visual prompts.
+            options: query options (``None`` values are left out), e.g. ``method``,
+                ``alpha`` (Global-Local) or ``threshold`` (dense systems).
+
         Raises:
-            ImageError (and subclasses): bad upload. InputError: bad text or parameter.
+            ImageError (and subclasses): bad upload. InputError: bad text or parameter,
+                or a visual prompt for a system that takes none.
             DeadlineExceededError: ``deadline`` passed before the work was done.
             NotReadyError: no model yet.
         """
         start = time.monotonic()
-        self.require_segmenter()  # fail fast while loading, before decoding
+        system = self.require_segmenter()  # fail fast while loading, before decoding
+        options = {key: value for key, value in options.items() if value is not None}
+        if (prompt_image is None) != (prompt_mask is None):
+            raise InputError("a visual prompt needs both an example image and its mask")
+        if prompt_image is not None and prompt_mask is not None:
+            system.check_options({"prompt": True})  # refuse before decoding anything
+            options["prompt"] = VisualPrompt.build(
+                decode_upload(prompt_image, self.max_image_pixels),
+                decode_upload(prompt_mask, self.max_image_pixels),
+            )
+        system.check_options(options)
         digest = hashlib.sha256(data).hexdigest()
         context = self.cache.get(digest)
         image = None if context is not None else decode_upload(data, self.max_image_pixels)
-        with self._model(deadline) as segmenter:
+        with self._model(deadline) as system:
             context = context or self.cache.get(digest)  # another request may have made it
             cached = context is not None
             self.cache.count(cached)
             if context is None:
-                context = segmenter.set_image(image)
-                self.cache.put(digest, context)
+                system.set_image(image)
+                context = system.image_state()
+                if context is not None:
+                    self.cache.put(digest, context)
                 if time.monotonic() > deadline:  # kept in the cache: a retry will be quick
                     raise DeadlineExceededError("timed out while computing the image features")
-            segmenter.context = context
-            results = segmenter.query(list(texts), method=method, alpha=alpha, beta=beta, k=k)
-        height, width = context.original_size
+            else:
+                system.restore_image_state(context)
+            results = system.query(list(texts), **options)
+        height, width = results[0].original_size
         return Outcome(results, digest, width, height, cached, time.monotonic() - start)
 
 
-def describe_model(segmenter: Segmenter) -> str:
-    """One line naming the weights, device, proposal generator and method (for logs)."""
-    proposals = getattr(segmenter.proposals, "name", None) or "none"
-    return (
-        f"CLIP {segmenter.clip.name!r} on {segmenter.clip.device}, proposals {proposals!r}, "
-        f"method {segmenter.method!r}"
-    )
+def describe_model(system: System) -> str:
+    """One line naming the system and its settings (for logs)."""
+    settings = ", ".join(f"{k} {v!r}" for k, v in system.describe().items() if k != "system")
+    return f"{system.name}: {settings}"

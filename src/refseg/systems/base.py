@@ -27,6 +27,7 @@ The API (contract B of the project):
   result list has one entry, for the prompt alone (its ``text`` is ``""``). Systems that do
   not support visual prompts (``supports_visual_prompts = False``) raise
   :class:`~refseg.errors.InputError` -- a one-line user error in the CLI and serve.
+- ``image_state()`` / ``restore_image_state(state)`` let serve keep many images' work.
 - ``query_params(**options)`` gives the effective query parameters (eval's ``params``
   and sweep checks); ``stage_timings()`` the seconds per stage for the current image.
 - Unknown query options raise :class:`~refseg.errors.InputError` naming the accepted ones
@@ -181,6 +182,20 @@ class System(ABC):
         """Seconds spent per stage on the current image so far (for eval's timing report)."""
         return {}
 
+    def warm_up(self) -> None:
+        """Load what the system loads lazily (serve calls it before taking requests)."""
+        return None
+
+    def image_state(self) -> Any:
+        """What :meth:`set_image` computed for the current image, as an opaque object that
+        :meth:`restore_image_state` takes back (serve's per-image cache); ``None`` when the
+        system cannot share it (then every request sets the image again)."""
+        return None
+
+    def restore_image_state(self, state: Any) -> None:
+        """Make ``state`` (from :meth:`image_state`) the current image again."""
+        raise NotImplementedError(f"{type(self).__name__} does not restore image states")
+
     def segment(self, image: ImageSource, texts: str | Sequence[str], **options: Any) -> Any:
         """:meth:`set_image` then :meth:`query`; one result for a string, a list otherwise."""
         self.set_image(
@@ -327,6 +342,21 @@ class DenseSystem(System):
 
     def stage_timings(self) -> dict[str, float]:
         return dict(self._timings)
+
+    def image_state(self) -> Any:
+        if self._current is None:
+            return None
+        digest, size = self._current
+        return digest, size, self._states[digest]
+
+    def restore_image_state(self, state: Any) -> None:
+        digest, size, encoded = state
+        self._states[digest] = encoded
+        self._states.move_to_end(digest)
+        while len(self._states) > self.image_cache_size:
+            self._states.popitem(last=False)
+        self._current = (digest, size)
+        self._timings = {}
 
     def probability(self, logits: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
         """Logits ``[h, w]`` -> ``float32 [H, W]`` probabilities at ``size`` (bilinear)."""
