@@ -1,10 +1,12 @@
-// refseg serve page: upload an image, type expressions, see masks and ranked proposals.
+// refseg serve page: upload an image, type expressions (or give an example image and mask),
+// see masks and ranked proposals, or a dense system's heat map.
 // Plain browser JavaScript; masks arrive as COCO RLE and are decoded here.
 "use strict";
 
 const COLORS = ["#ff5000", "#1e88e5", "#43a047", "#d81b60", "#fdd835", "#8e24aa", "#00acc1",
   "#6d4c41"];
 const FILL_ALPHA = 0.45;
+const HEATMAP_ALPHA = 0.6;
 
 const $ = (id) => document.getElementById(id);
 const state = {
@@ -17,6 +19,8 @@ const state = {
   masks: new Map(),    // RLE counts string -> decoded mask
   layers: new Map(),   // counts|colour|alpha -> overlay canvas
   thumbs: new Map(),   // proposal index|colour -> thumbnail canvas (current response)
+  heatmaps: new Map(), // heat-map data URL -> decoded <img>
+  system: null,        // /health: {system, dense, visual_prompts}
 };
 const THUMB_SIDE = 56;
 
@@ -138,6 +142,14 @@ function draw() {
   const scale = Math.max(1, canvas.width / 800);
   const results = response.results;
   const current = results[state.selected];
+  const heat = current && current.heatmap && $("show-heatmap").checked
+    ? heatmapImage(current.heatmap) : null;
+  if (heat && heat.complete && heat.naturalWidth > 0) {
+    ctx.save();
+    ctx.globalAlpha = HEATMAP_ALPHA;
+    ctx.drawImage(heat, 0, 0, canvas.width, canvas.height);
+    ctx.restore();
+  }
   if (state.proposal !== null && current) {
     const p = current.proposals.find((q) => q.index === state.proposal);
     if (p) {
@@ -158,6 +170,17 @@ function draw() {
     }
   }
   updateCaption();
+}
+
+// A dense result's heat map (a PNG data URL) as an image; redraws once it is decoded.
+function heatmapImage(url) {
+  if (!state.heatmaps.has(url)) {
+    const img = new Image();
+    img.onload = () => draw();
+    img.src = url;
+    state.heatmaps.set(url, img);
+  }
+  return state.heatmaps.get(url);
 }
 
 // Display size: as large as the stage allows, aspect ratio kept (small images scale up).
@@ -236,7 +259,7 @@ function renderResults() {
     li.tabIndex = 0;
     li.innerHTML =
       `<span class="swatch" style="background:${COLORS[i % COLORS.length]}"></span>` +
-      `<span class="text">${escapeHtml(result.text)}</span>` +
+      `<span class="text">${escapeHtml(result.text || "(example prompt)")}</span>` +
       `<span class="score">${fmt(result.score)}</span>` +
       `<span class="phrase">phrase: <b>${escapeHtml(result.phrase)}</b></span>`;
     const select = () => {
@@ -257,7 +280,13 @@ function renderProposals() {
   const result = state.response.results[state.selected];
   const list = $("proposal-list");
   list.innerHTML = "";
-  $("proposals-for").textContent = result ? `for “${result.text}”` : "";
+  $("proposals-for").textContent = result ? `for “${result.text || "example prompt"}”` : "";
+  if (result && result.dense) {
+    list.innerHTML = '<li class="message">A dense system: a probability map instead of ' +
+      "proposals (the heat map on the image).</li>";
+    $("proposals-box").hidden = false;
+    return;
+  }
   if (!result || result.proposals.length === 0) {
     list.innerHTML = '<li class="message">No proposals were found in this image.</li>';
     $("proposals-box").hidden = false;
@@ -310,6 +339,13 @@ function updateCaption() {
     return;
   }
   const cached = response.cached ? " · features from cache" : "";
+  const label = escapeHtml(result.text || "example prompt");
+  if (result.dense) {
+    caption.innerHTML = `<b>${label}</b> · highest probability ${fmt(result.score)} · mask ` +
+      `${(100 * result.area / total).toFixed(1)}% of the image · ` +
+      `${response.seconds.toFixed(2)} s${cached}`;
+    return;
+  }
   caption.innerHTML = result.score === null
     ? "No mask proposals for this image, so nothing could be selected."
     : `<b>${escapeHtml(result.text)}</b> → <b>${escapeHtml(result.phrase)}</b> · score ` +
@@ -335,6 +371,8 @@ function chooseFile(file) {
   state.response = null;
   state.masks.clear();
   state.layers.clear();
+  state.heatmaps.clear();
+  $("heatmap-toggle").hidden = true;
   $("results-box").hidden = true;
   $("proposals-box").hidden = true;
   $("caption").textContent = "";
@@ -362,21 +400,35 @@ function expressions() {
 async function submit(event) {
   event.preventDefault();
   const texts = expressions();
+  const promptImage = $("prompt-image").files[0];
+  const promptMask = $("prompt-mask").files[0];
   if (!state.file) return setMessage("Choose an image first.", true);
-  if (texts.length === 0) return setMessage("Type at least one expression.", true);
+  if (Boolean(promptImage) !== Boolean(promptMask)) {
+    return setMessage("An example prompt needs both the example image and its mask.", true);
+  }
+  if (texts.length === 0 && !promptImage) {
+    return setMessage("Type at least one expression (or give an example prompt).", true);
+  }
   if (state.limits && texts.length > state.limits.max_texts) {
     return setMessage(`At most ${state.limits.max_texts} expressions per request.`, true);
   }
   const form = new FormData();
   form.append("image", state.file, state.file.name);
   for (const text of texts) form.append("text", text);
-  for (const name of ["method", "alpha", "beta", "k"]) {
+  const dense = state.system && state.system.dense;
+  const options = dense ? ["threshold"] : ["method", "alpha", "beta", "k"];
+  for (const name of options) {
     const value = $(name).value.trim();
     if (value !== "") form.append(name, value);
   }
+  if (promptImage) {
+    form.append("prompt_image", promptImage, promptImage.name);
+    form.append("prompt_mask", promptMask, promptMask.name);
+  }
   document.body.dataset.state = "busy";
   $("submit").disabled = true;
-  setMessage(`Segmenting ${texts.length} expression${texts.length > 1 ? "s" : ""}…`);
+  const count = Math.max(texts.length, 1);
+  setMessage(`Segmenting ${count} ${texts.length ? "expression" : "prompt"}${count > 1 ? "s" : ""}…`);
   try {
     const reply = await fetch("segment", { method: "POST", body: form });
     const body = await reply.json().catch(() => ({ error: `HTTP ${reply.status}` }));
@@ -385,6 +437,7 @@ async function submit(event) {
     state.thumbs.clear();
     state.selected = 0;
     state.proposal = null;
+    $("heatmap-toggle").hidden = !body.results.some((r) => r.heatmap);
     renderResults();
     renderProposals();
     draw();
@@ -406,8 +459,12 @@ async function checkHealth() {
     state.limits = body.limits;
     if (body.status === "ready") {
       status.className = "status ready";
-      status.textContent = `${body.model} · ${body.device} · ${body.proposals || "no"} proposals`;
-      fillMethods(body.methods, body.method);
+      state.system = { name: body.system, dense: body.dense, prompts: body.visual_prompts };
+      const parts = [body.system, body.model, body.device];
+      if (!body.dense) parts.push(`${body.proposals || "no"} proposals`);
+      status.textContent = parts.filter((p) => p).join(" · ");
+      showOptionsFor(state.system);
+      if (body.methods.length) fillMethods(body.methods, body.method);
       return;
     }
     status.className = body.status === "failed" ? "status down" : "status";
@@ -418,6 +475,16 @@ async function checkHealth() {
     status.textContent = "server unreachable";
   }
   setTimeout(checkHealth, 2000);
+}
+
+// Only the options the served system takes; example prompts only where it accepts them.
+function showOptionsFor(system) {
+  for (const el of document.querySelectorAll(".proposal-only")) el.hidden = system.dense;
+  for (const el of document.querySelectorAll(".dense-only")) el.hidden = !system.dense;
+  for (const id of ["prompt-image", "prompt-mask"]) $(id).disabled = !system.prompts;
+  $("prompt-note").textContent = system.prompts
+    ? "Segments what the example shows; with expressions too, both guide the result."
+    : `The ${system.name} system takes no example prompts.`;
 }
 
 function fillMethods(methods, current) {
@@ -453,6 +520,7 @@ function wire() {
     if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) $("form").requestSubmit();
   });
   window.addEventListener("resize", () => { if (imageSize()) fitCanvas(); });
+  $("show-heatmap").addEventListener("change", () => draw());
   checkHealth();
 }
 
