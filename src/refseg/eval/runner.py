@@ -487,7 +487,7 @@ class EvalRunner:
             images=len(outcomes),
             images_computed=computed,
             expressions=sum(len(o.expressions) for o in outcomes),
-            no_proposal_images=sum(o.n_proposals == 0 and bool(o.expressions) for o in outcomes),
+            no_proposal_images=sum(map(_lacked_proposals, outcomes)),
             seconds=seconds,
             timings=timings,
         )
@@ -563,6 +563,11 @@ class EvalRunner:
             warnings.filterwarnings("ignore", message="no mask proposals")
             self.system.set_image(image, image_key=key)
         timings["set_image"] = timings.get("set_image", 0.0) + time.perf_counter() - start
+
+
+def _lacked_proposals(outcome: ImageOutcome) -> bool:
+    """A proposal system found no proposals for an image with expressions (dense: never)."""
+    return outcome.n_proposals == 0 and not outcome.dense and bool(outcome.expressions)
 
 
 def _category(result: SegmentationResult) -> int | None:
@@ -656,7 +661,7 @@ def write_outputs(
         keys = list(dict.fromkeys(key for point in sweep for key in point))
         title = f"Sweep of {', '.join(keys)} ({len(rows)} points)"
         write_text_atomic(run_dir / SWEEP_MD, sweep_markdown(rows, keys, title))
-    no_proposals = sum(o.n_proposals == 0 and bool(o.expressions) for o in outcomes)
+    no_proposals = sum(map(_lacked_proposals, outcomes))
     report = run_report(config, results[0], images=len(outcomes), no_proposal_images=no_proposals)
     write_text_atomic(run_dir / REPORT_FILE, report)
     return results

@@ -268,7 +268,7 @@ def check_texts(
         raise ApiError(
             400, f"{len(texts)} expressions given; at most {settings.max_texts} per request"
         )
-    longest = max(len(t) for t in texts)
+    longest = max((len(t) for t in texts), default=0)
     if longest > settings.max_text_chars:
         raise ApiError(
             400, f"an expression has {longest} characters; at most {settings.max_text_chars}"

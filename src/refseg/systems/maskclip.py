@@ -22,11 +22,13 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
 from refseg.clip import LoadedClip, load_clip
+from refseg.clip.preprocess import normalize, resize_for_clip
 from refseg.errors import InputError
 from refseg.image_io import DEFAULT_MAX_PIXELS
 from refseg.systems.base import DenseSystem
@@ -79,8 +81,8 @@ class MaskClipSystem(DenseSystem):
 
     def encode_image(self, image: Image.Image) -> torch.Tensor:
         """Unit patch embeddings ``float32 [h, w, D]`` of the squashed image."""
-        squashed = image.resize((self.input_size, self.input_size), Image.Resampling.BICUBIC)
-        pixels = self.clip.preprocess(squashed, mode="squash")[None]
+        squashed = resize_for_clip(image, self.input_size, mode="squash")
+        pixels = normalize(np.asarray(squashed), self.clip.config.preprocess)[None]
         dense = self.clip.model.visual.dense_embeddings(self.clip.to_model(pixels))[0]
         return F.normalize(dense.float(), dim=-1)
 
