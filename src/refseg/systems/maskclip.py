@@ -34,7 +34,7 @@ from refseg.image_io import DEFAULT_MAX_PIXELS
 from refseg.systems.base import DenseSystem
 
 # Chosen on ShapesRef val with shapes-vit (see the README's MaskCLIP section).
-DEFAULT_THRESHOLD = 0.5
+DEFAULT_THRESHOLD = 0.7
 # Probabilities are clamped to [EPS, 1 - EPS] before the logit, so the map stays finite.
 EPS = 1e-4
 
