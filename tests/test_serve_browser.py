@@ -3,7 +3,9 @@
 uvicorn serves a tiny random CLIP with superpixel proposals on a loopback port; the test
 uploads a synthetic scene, types two expressions, and checks that masks are painted on
 the canvas and that the proposal list fills and reacts to clicks. It leaves a screenshot
-in ``test-artifacts/serve_page.png``. Skipped where Chromium or Playwright is missing.
+in ``test-artifacts/serve_page.png``. A dense system's page shows its heat map (toggled)
+and takes an example image + mask as the prompt. Skipped where Chromium or Playwright is
+missing.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image, ImageDraw
 
 pytest.importorskip("fastapi")
@@ -29,6 +32,7 @@ from refseg.methods import GlobalLocalConfig  # noqa: E402
 from refseg.proposals import create_proposals  # noqa: E402
 from refseg.segmenter import Segmenter  # noqa: E402
 from refseg.serve import ServeSettings, create_app  # noqa: E402
+from refseg.systems import DenseSystem  # noqa: E402
 
 pytestmark = pytest.mark.browser
 
@@ -69,6 +73,20 @@ def scene(path: Path) -> Path:
     return path
 
 
+class Ramp(DenseSystem):
+    """A dense system whose map rises from left to right; takes visual prompts."""
+
+    name = "ramp"
+    supports_visual_prompts = True
+
+    def encode_image(self, image):
+        return None
+
+    def predict(self, image_state, texts, prompt=None):
+        ramp = torch.linspace(-4.0, 4.0, 8).expand(4, 8)
+        return ramp.expand(max(len(texts), 1), 4, 8).clone()
+
+
 @pytest.fixture
 def server_url(tiny_clip, tiny_tokenizer):
     """The real app under uvicorn on 127.0.0.1 (a free port), stopped afterwards."""
@@ -78,7 +96,16 @@ def server_url(tiny_clip, tiny_tokenizer):
         config=GlobalLocalConfig(k=2),
         phrases=FirstWords(),
     )
-    app = create_app(segmenter, ServeSettings(timeout_s=30))
+    yield from serve(segmenter)
+
+
+@pytest.fixture
+def dense_url():
+    yield from serve(Ramp(threshold=0.5))
+
+
+def serve(system):
+    app = create_app(system, ServeSettings(timeout_s=30))
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
@@ -172,4 +199,41 @@ def test_upload_type_segment_and_browse_proposals(server_url, page, tmp_path):
     page.click("#submit")
     page.wait_for_selector("body[data-state='error']", timeout=30_000)
     assert "not an image format" in page.inner_text("#message")
+    assert errors == []
+
+
+def test_dense_system_shows_heat_map_and_takes_an_example_prompt(dense_url, page, tmp_path):
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(dense_url)
+    page.wait_for_selector("#status.ready", timeout=10_000)
+    assert "ramp" in page.inner_text("#status")
+    hidden = "(id) => document.getElementById(id).hidden"
+    assert page.evaluate(hidden, "alpha") and not page.evaluate(hidden, "threshold")
+
+    page.set_input_files("#file", str(scene(tmp_path / "scene.png")))
+    page.wait_for_function("document.getElementById('canvas').width === 240")
+    page.fill("#texts", "the right half")
+    page.click("#submit")
+    page.wait_for_selector("body[data-state='done']", timeout=30_000)
+    assert page.locator("#heatmap-toggle").is_visible()
+    page.wait_for_function(f"({CHANGED_PIXELS})() > 240 * 160 * 0.9")  # the map covers it all
+    with_heat = page.evaluate(CHANGED_PIXELS)
+    page.uncheck("#show-heatmap")
+    without = page.evaluate(CHANGED_PIXELS)
+    assert 0 < without < with_heat  # the mask alone: about the right half
+    assert "dense system" in page.inner_text("#proposal-list")
+
+    mask = np.zeros((160, 240), np.uint8)
+    mask[40:110, 20:90] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    page.fill("#texts", "")
+    page.click("summary")
+    page.set_input_files("#prompt-image", str(tmp_path / "scene.png"))
+    page.set_input_files("#prompt-mask", str(tmp_path / "mask.png"))
+    page.click("#submit")
+    page.wait_for_function(
+        "document.querySelector('#results .result .text')?.textContent === '(example prompt)'",
+        timeout=30_000,
+    )
     assert errors == []
