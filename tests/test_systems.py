@@ -310,12 +310,13 @@ def test_segment_with_a_dense_system_writes_mask_and_heat_map(
 ):
     out, heat = tmp_path / "mask.png", tmp_path / "heat.png"
     status, stdout, err = run_cli(
-        ["segment", scene, "the red square", "--system", "maskclip", "--clip", tiny_clip_dir,
-         "--threshold", "0.7", "--out", out, "--heatmap", heat, "--json"],
+        ["segment", scene, "--system", "maskclip", "--clip", tiny_clip_dir,
+         "--threshold", "0.7", "--out", out, "--heatmap", heat, "--json", "the red square"],
         capsys,
-    )  # fmt: skip
+    )  # fmt: skip (the expression after the options: still taken as TEXT)
     assert status == 0, err
     record = json.loads(stdout.strip().splitlines()[-1])
+    assert record["text"] == "the red square"
     assert record["dense"] is True and record["heatmap_path"] == str(heat)
     mask = np.asarray(Image.open(out)) > 0
     assert mask.shape == (60, 80) and int(mask.sum()) == record["area"]

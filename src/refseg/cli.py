@@ -40,6 +40,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """``parser.parse_args``, except that a command may let a list positional (``nargs="*"``)
+    take words that follow its options (``set_defaults(trailing_positional="texts")``):
+    ``refseg segment IMG --out m.png "the dog"``. argparse alone gives such a list nothing
+    once an option comes first, and reports the words as unrecognised."""
+    args, extra = parser.parse_known_args(argv)
+    dest = getattr(args, "trailing_positional", None)
+    if dest is not None:
+        words = [word for word in extra if not word.startswith("-")]
+        setattr(args, dest, [*getattr(args, dest), *words])
+        extra = [word for word in extra if word.startswith("-")]
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
     print(f"refseg: warning: {message}", file=sys.stderr)
 
@@ -47,7 +63,7 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 def main(argv: Sequence[str] | None = None) -> int:
     warnings.showwarning = _one_line_warning
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

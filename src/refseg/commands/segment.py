@@ -39,7 +39,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object per expression")
     add_model_options(parser)
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, trailing_positional="texts")
     return parser
 
 
