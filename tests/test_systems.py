@@ -287,6 +287,9 @@ def test_eval_runs_a_dense_system_without_proposals_and_reports_ap(tmp_path, loa
     assert metrics["AP"] == pytest.approx(pixel_ap(counts))
     assert metrics["oIoU"] == pytest.approx(100 * inter / union)
     assert summary.sweep[0]["oIoU"] != summary.sweep[1]["oIoU"]  # the threshold matters
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "| system | maskclip (threshold 0.5), dense |" in report and "proposals" not in report
+    assert f"| AP | {metrics['AP']:.2f} |" in report
 
 
 # ------------------------------------------------------------------------------------ CLI

@@ -73,14 +73,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return parser
 
 
-def default_run_dir(args: argparse.Namespace, split_by: str | None, shard_stem: str | None) -> Path:
+def default_run_dir(
+    args: argparse.Namespace,
+    split_by: str | None,
+    shard_stem: str | None,
+    described: dict[str, Any] | None = None,
+) -> Path:
     """``runs/<name>-<split_by>-<split>[-<system>]-<clip>[-<proposals>][-<method>]
-    [-shard-I-of-N]`` (the system when not global-local; options only when given)."""
+    [-shard-I-of-N]``: the system when not global-local; clip and proposals as given, else
+    as the system describes them (``described``)."""
+    described = described or {}
+    clip = args.clip or described.get("clip")
+    proposals = args.proposals or described.get("proposals")
     parts = [args.name, split_by, args.split]
     if args.system != "global-local":
         parts.append(Path(args.system).name)
-    parts.append(Path(args.clip).name if args.clip else None)
-    parts.append(Path(args.proposals).stem if args.proposals else None)
+    parts.append(Path(clip).name if clip else None)
+    parts.append(Path(proposals).stem if proposals else None)
     if args.method and args.method != "global-local":
         parts.append(args.method)
     if shard_stem:
@@ -124,7 +133,8 @@ def run(args: argparse.Namespace) -> int:
     system = load_system(args, alpha=alpha, proposals=proposals)
     check_system_points(points, system)
     split_by = getattr(dataset, "split_by", None)
-    out = Path(args.out) if args.out else default_run_dir(args, split_by, shard_stem(shard))
+    out = Path(args.out) if args.out else None
+    out = out or default_run_dir(args, split_by, shard_stem(shard), system.describe())
     settings: dict[str, Any] = {"dataset_root": args.dataset, "images": args.images}
     given = {"clip": args.clip, "proposals": args.proposals, "spacy": args.spacy}
     settings.update({key: value for key, value in given.items() if value is not None})

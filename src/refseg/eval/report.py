@@ -89,14 +89,17 @@ def run_report(
     where = "merged shards" if config.get("merged_from") else f"shard {shard}"
     lines = [f"# refseg eval: {title}", ""]
     lines += ["| setting | value |", "|---|---|"]
-    method = settings.get("method") or settings.get("system")
     knobs = ", ".join(f"{k} {v}" for k, v in params.items())
-    lines.append(f"| method | {method} ({knobs}) |")
-    lines.append(f"| CLIP | {settings.get('clip')} |")
-    pixels = run_pixels(config)
-    lines.append(f"| pixels | {PIXELS_DESCRIPTION.get(pixels, pixels)} |")
-    lines.append(f"| proposals | {settings.get('proposals')} |")
-    lines.append(f"| noun phrases | {settings.get('phrases') or 'whole sentence (no spaCy)'} |")
+    if settings.get("dense"):  # a dense system: no method, pixel preset, proposals, phrases
+        lines.append(f"| system | {settings.get('system')} ({knobs}), dense |")
+        lines.append(f"| CLIP | {settings.get('clip')} |")
+    else:
+        lines.append(f"| method | {settings.get('method')} ({knobs}) |")
+        lines.append(f"| CLIP | {settings.get('clip')} |")
+        pixels = run_pixels(config)
+        lines.append(f"| pixels | {PIXELS_DESCRIPTION.get(pixels, pixels)} |")
+        lines.append(f"| proposals | {settings.get('proposals')} |")
+        lines.append(f"| noun phrases | {settings.get('phrases') or 'whole sentence (no spaCy)'} |")
     no_prop = f" ({no_proposal_images} without proposals: IoU 0)" if no_proposal_images else ""
     lines.append(f"| images | {images}{no_prop}, {where} |")
     lines.append(f"| expressions | {metrics.n_expressions} |")
