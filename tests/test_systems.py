@@ -176,6 +176,10 @@ def test_visual_prompt_alone_gives_one_result_and_bad_prompts_are_user_errors():
     (result,) = system.query([], prompt_image=support, prompt_mask=mask)
     assert result.text == "" and system.prompts[-1].mask.mean() == 0.5
     np.testing.assert_allclose(result.probability, 1 / (1 + np.exp(-0.5)), rtol=1e-6)
+    np.testing.assert_array_equal(VisualPrompt.build(support, mask.astype(np.uint8)).mask, mask)
+    as_png = io.BytesIO()
+    Image.fromarray(mask.astype(np.uint8) * 255).save(as_png, format="PNG")
+    np.testing.assert_array_equal(VisualPrompt.build(support, as_png.getvalue()).mask, mask)
     with pytest.raises(InputError, match="needs both"):
         system.query("a", prompt_image=support)
     with pytest.raises(InputError, match="same size"):

@@ -85,11 +85,12 @@ class VisualPrompt:
     def build(cls, image: ImageSource, mask: ImageSource | np.ndarray) -> VisualPrompt:
         """Load and check a support image and mask (a path, bytes, PIL image or array).
 
-        A mask image counts pixels > 127 of its first channel (or any True) as the object.
+        The object is: True / non-zero in a 2-D array; pixels > 127 (of the first channel)
+        in a mask image given as a file, bytes or PIL image.
         """
         rgb = load_image(image)
-        if isinstance(mask, np.ndarray) and mask.dtype == bool:
-            binary = mask
+        if isinstance(mask, np.ndarray) and mask.ndim == 2:
+            binary = mask.astype(bool)
         else:
             values = np.asarray(load_image(mask))[..., 0]
             binary = values > 127
