@@ -19,7 +19,7 @@ import os
 import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import asdict, replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -256,8 +256,8 @@ class Segmenter(System):
 
     # ------------------------------------------------------------ System metadata
     def query_params(self, **options: Any) -> dict[str, Any]:
-        """Effective ``alpha``, ``beta``, ``k``, ``normalization`` for these query options
-        (after the method's pinned values)."""
+        """The effective :class:`GlobalLocalConfig` (``alpha``, ``beta``, ``k``, ...) for
+        these query options, after the method's pinned values."""
         self.check_options(options)
         method = options.pop("method", None) or self.method
         try:
@@ -265,12 +265,7 @@ class Segmenter(System):
         except (TypeError, ValueError) as exc:
             raise InputError(str(exc)) from None
         _, effective = resolve_method(method, wanted)
-        return {
-            "alpha": effective.alpha,
-            "beta": effective.beta,
-            "k": effective.k,
-            "normalization": effective.normalization,
-        }
+        return asdict(effective)
 
     def describe(self) -> dict[str, Any]:
         """System, method, CLIP, proposals, noun-phrase pipeline, pixel cap, parameters."""

@@ -32,6 +32,7 @@ FACTORY_ARGUMENTS = {
     "beta": "beta",
     "k": "k",
     "normalization": "normalization",
+    "pixels": "pixels",  # --pixels (global-local's pixel preset), where the option exists
     "threshold": "threshold",
     "device": "device",
     "spacy": "spacy_pipeline",
