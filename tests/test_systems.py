@@ -316,11 +316,12 @@ def test_segment_with_a_dense_system_writes_mask_and_heat_map(
     scene, tiny_clip_dir, tmp_path, capsys
 ):
     out, heat = tmp_path / "mask.png", tmp_path / "heat.png"
+    # the expression after the options is still taken as TEXT
     status, stdout, err = run_cli(
         ["segment", scene, "--system", "maskclip", "--clip", tiny_clip_dir,
          "--threshold", "0.7", "--out", out, "--heatmap", heat, "--json", "the red square"],
         capsys,
-    )  # fmt: skip (the expression after the options: still taken as TEXT)
+    )  # fmt: skip
     assert status == 0, err
     record = json.loads(stdout.strip().splitlines()[-1])
     assert record["text"] == "the red square"
