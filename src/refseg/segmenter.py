@@ -45,7 +45,8 @@ TEXT_CACHE_SIZE = 4096
 class Segmenter(System):
     """Referring segmentation with a CLIP, a proposal generator and a method.
 
-    Query options: ``method``, ``alpha``, ``beta``, ``k`` (``None``: the configured value).
+    Query options: ``method``, ``alpha``, ``beta``, ``k``, ``pixels`` (``None``: the configured
+    value).
 
     Args:
         clip: a loaded CLIP (see :func:`refseg.clip.load_clip`).
@@ -58,7 +59,7 @@ class Segmenter(System):
 
     name: ClassVar[str] = "global-local"
     dense: ClassVar[bool] = False
-    query_options: ClassVar[tuple[str, ...]] = ("method", "alpha", "beta", "k")
+    query_options: ClassVar[tuple[str, ...]] = ("method", "alpha", "beta", "k", "pixels")
 
     def __init__(
         self,
