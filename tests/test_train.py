@@ -1,4 +1,5 @@
-"""Contrastive training of tiny CLIPs: learning, determinism, resume, saving, bad options."""
+"""Contrastive training of tiny CLIPs (the ``clip`` task on the one loop): learning,
+determinism, resume, saving, bad options, the CLI."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from safetensors.torch import load_file
 from refseg.cli import build_parser
 from refseg.clip import ClipTokenizer, LoadedClip, load_clip
 from refseg.errors import CheckpointFormatError, CheckpointNotFoundError, InputError
-from refseg.train import contrastive
+from refseg.train import sampling
 from refseg.train.contrastive import (
     ContrastiveConfig,
     caption_key,
@@ -47,17 +48,22 @@ def tiny_config(**overrides) -> ContrastiveConfig:
         batch_size=8,
         lr=2e-3,
         warmup_steps=0,
-        threads=1,
         pool_size=24,
         held_out_size=12,
-        checkpoint_every=3,
     )
     return ContrastiveConfig(**{**options, **overrides})
 
 
 def train(config: ContrastiveConfig, out, **kwargs):
     return train_contrastive(
-        config, out, pair_source=stand_in_pairs, progress=False, evaluate_crops=False, **kwargs
+        config,
+        out,
+        pair_source=stand_in_pairs,
+        progress=False,
+        evaluate_crops=False,
+        threads=1,
+        checkpoint_every=3,
+        **kwargs,
     )
 
 
@@ -88,18 +94,18 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, monkeypatch)
     config = tiny_config(preset="tiny-rn")  # BatchNorm running stats must resume too
     train(config, tmp_path / "full")
 
-    original = contrastive.batch_indices
+    original = sampling.global_batch_indices
 
-    def crash_at_step_4(step, *args):
+    def crash_at_step_4(step, **kwargs):
         if step == 4:
-            raise KeyboardInterrupt
-        return original(step, *args)
+            raise RuntimeError("crash")
+        return original(step, **kwargs)
 
-    monkeypatch.setattr(contrastive, "batch_indices", crash_at_step_4)
-    with pytest.raises(KeyboardInterrupt):
+    monkeypatch.setattr(sampling, "global_batch_indices", crash_at_step_4)
+    with pytest.raises(RuntimeError, match="crash"):
         train(config, tmp_path / "resumed")
     assert torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)["step"] == 3
-    monkeypatch.setattr(contrastive, "batch_indices", original)
+    monkeypatch.setattr(sampling, "global_batch_indices", original)
     result = train(config, tmp_path / "resumed", resume=True)
 
     full, resumed = weights(tmp_path / "full"), weights(tmp_path / "resumed")
@@ -131,7 +137,8 @@ def test_saved_directory_loads_and_the_tokenizer_round_trips(tmp_path):
         assert torch.equal(loaded.encode_texts(captions), expected)
     record = json.loads((tmp_path / "TRAINING.json").read_text())
     assert record["steps"] == 6 and record["seed"] == 0 and record["threads"] == 1
-    assert 0.0 <= record["held_out_retrieval"]["image_to_text"] <= 1.0
+    assert 0.0 <= record["evaluation"]["image_to_text"] <= 1.0
+    assert record["pool_pairs"] == 24 and record["config"]["lr"] == 2e-3
     assert record["torch_version"] == torch.__version__
 
 
@@ -147,7 +154,9 @@ def test_bad_options_and_short_pair_sources_are_refused(tmp_path):
         return stand_in_pairs(seed, n - 1)
 
     with pytest.raises(InputError, match="23 pairs"):
-        train_contrastive(tiny_config(), tmp_path, pair_source=short_source, progress=False)
+        train_contrastive(
+            tiny_config(), tmp_path, pair_source=short_source, progress=False, threads=1
+        )
 
 
 def test_duplicate_captions_are_not_negatives():
@@ -217,8 +226,9 @@ def test_cli_parses_train_clip_and_rejects_unknown_presets(capsys):
         "shapes-rn",
         "x",
         5,
-        None,
+        0,
         False,
     )
+    assert args.batch_size is None  # the preset's
     with pytest.raises(SystemExit):
         parser.parse_args(["train", "clip", "--preset", "nope", "--out", "x"])

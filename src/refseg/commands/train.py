@@ -1,6 +1,8 @@
-"""``refseg train clip``: train a tiny CLIP preset on ShapesRef (the packaged demo models).
+"""``refseg train MODEL``: train models on the one training loop (:mod:`refseg.train.loop`).
 
-Options default to ``None`` so :class:`refseg.train.ContrastiveConfig`'s defaults win.
+``refseg train clip`` trains a tiny CLIP preset on ShapesRef (the packaged demo models). The
+loop's options (:func:`refseg.train.loop.add_loop_arguments`) are shared by every model kind;
+``--help`` shows every default, and the options a preset sets say so.
 """
 
 from __future__ import annotations
@@ -9,7 +11,44 @@ import argparse
 import shlex
 import sys
 
-from refseg.train.contrastive import PRESETS, ContrastiveConfig, train_contrastive
+from refseg.train.contrastive import (
+    POOL_CAP,
+    PRESET_TRAINING,
+    PRESETS,
+    ContrastiveConfig,
+    train_contrastive,
+)
+from refseg.train.options import add_loop_arguments, loop_config_from_args
+
+# Fields of ContrastiveConfig the `clip` command takes from the command line when given.
+_CLIP_OPTIONS = ("steps", "batch_size", "seed", "lr", "warmup_steps", "pool_size", "held_out_size")
+
+
+def _presets_epilog() -> str:
+    base = ContrastiveConfig(preset="tiny-vit")
+    rows = []
+    for name in PRESETS:
+        values = {**{k: getattr(base, k) for k in _CLIP_OPTIONS}, **PRESET_TRAINING.get(name, {})}
+        rows.append(
+            f"  {name:<11} {values['steps']:>6} {values['batch_size']:>6} "
+            f"{values['lr']:>8.0e} {values['warmup_steps']:>7}"
+        )
+    return "\n".join(
+        [
+            "presets (training defaults; shapes-* are the shipped models, tiny-* for tests):",
+            f"  {'preset':<11} {'steps':>6} {'batch':>6} {'lr':>8} {'warmup':>7}",
+            *rows,
+            "",
+            "examples:",
+            "  refseg train clip --preset shapes-vit --out runs/vit --threads 1",
+            "  refseg train clip --preset shapes-vit --out runs/vit --threads 1 --resume",
+            "  torchrun --nproc_per_node 2 -m refseg train clip --preset shapes-vit "
+            "--out runs/vit --threads 1",
+            "",
+            "Ctrl-C or SIGTERM writes OUT/checkpoint.pt after the current step; --resume "
+            "continues and gives the same weights as an uninterrupted run.",
+        ]
+    )
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -23,45 +62,75 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Train a tiny CLIP preset on ShapesRef image/caption pairs. Writes "
             "model.safetensors, tokenizer.json and TRAINING.json to --out (loadable with "
-            "load_clip), and checkpoint.pt periodically for --resume."
+            "load_clip), checkpoint.pt for --resume and metrics.jsonl. Runs on one process "
+            "or under torchrun / accelerate launch."
         ),
+        epilog=_presets_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    clip.add_argument("--preset", required=True, choices=sorted(PRESETS))
-    clip.add_argument("--out", required=True, metavar="DIR", help="output directory")
-    clip.add_argument("--steps", type=int, default=None, help="optimiser steps")
-    clip.add_argument("--seed", type=int, default=None, help="seed of data, init and batches")
-    clip.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    clip.add_argument("--batch-size", type=int, default=None)
-    clip.add_argument("--lr", type=float, default=None, help="peak learning rate")
-    clip.add_argument("--pool-size", type=int, default=None, help="pairs rendered up front")
+    clip.add_argument("--preset", required=True, choices=list(PRESETS), help="see below")
+    add_loop_arguments(
+        clip,
+        {"seed": 0},
+        set_elsewhere={"steps": "the preset's", "batch_size": "the preset's"},
+    )
+    base = ContrastiveConfig(preset="tiny-vit")
+    clip.add_argument("--lr", type=float, help="peak learning rate (default: the preset's)")
     clip.add_argument(
-        "--resume", action="store_true", help="continue from DIR/checkpoint.pt (same options)"
+        "--warmup-steps", type=int, metavar="N", help="linear warm-up (default: the preset's)"
     )
-    clip.add_argument("--no-progress", action="store_true", help="no progress bar")
+    clip.add_argument(
+        "--pool-size",
+        type=int,
+        metavar="N",
+        help=f"pairs rendered up front (default: min({POOL_CAP}, steps x batch size))",
+    )
+    clip.add_argument(
+        "--held-out-size",
+        type=int,
+        metavar="N",
+        help=f"held-out pairs for the retrieval accuracy (default: {base.held_out_size})",
+    )
     clip.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    options = {
-        "steps": args.steps,
-        "seed": args.seed,
-        "threads": args.threads,
-        "batch_size": args.batch_size,
-        "lr": args.lr,
-        "pool_size": args.pool_size,
-    }
+    options = {name: getattr(args, name) for name in _CLIP_OPTIONS}
     config = ContrastiveConfig.for_preset(
         args.preset, **{k: v for k, v in options.items() if v is not None}
     )
+    loop = loop_config_from_args(
+        args, steps=config.steps, batch_size=config.batch_size, seed=config.seed
+    )
     command = shlex.join(["refseg", *sys.argv[1:]]) if sys.argv[1:] else None
+    extra = {k: getattr(loop, k) for k in _LOOP_PASS_THROUGH}
     result = train_contrastive(
-        config, args.out, resume=args.resume, progress=not args.no_progress, command=command
+        config,
+        loop.out_dir,
+        resume=loop.resume,
+        progress=loop.progress,
+        command=command,
+        **extra,
     )
-    record = result.record
-    crops = record["crop_accuracy"] or {}
-    print(
-        f"saved {args.out}: final loss {record['final_loss']}, held-out image->text "
-        f"{record['held_out_retrieval']['image_to_text']:.3f}, crop colour+shape "
-        f"{crops.get('color_shape', float('nan')):.3f}, {record['wall_time_s']} s"
-    )
+    if result.main_process:
+        numbers = result.record["evaluation"]
+        print(
+            f"saved {args.out}: final loss {result.record['final_loss']}, held-out "
+            f"image->text {numbers.get('image_to_text', float('nan')):.3f}, crop colour+shape "
+            f"{numbers.get('crop_color_shape', float('nan')):.3f}, "
+            f"{result.record['wall_time_s']} s"
+        )
     return 0
+
+
+# LoopConfig fields train_contrastive takes as loop options (the rest come from the config).
+_LOOP_PASS_THROUGH = (
+    "grad_accum",
+    "mixed_precision",
+    "checkpoint_every",
+    "eval_every",
+    "log_every",
+    "max_grad_norm",
+    "threads",
+    "num_workers",
+)

@@ -59,9 +59,19 @@ def plain(data: Any) -> Any:
     return json.loads(json.dumps(data, default=str))
 
 
+def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as one dict with dotted keys (``task_record.config.lr``)."""
+    if not isinstance(data, dict):
+        return {prefix: data}
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        flat.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
 def check_same_options(path: Path, saved: dict[str, Any], current: dict[str, Any]) -> None:
     """Refuse to resume with options other than the checkpoint's (they change the result)."""
-    saved, current = plain(saved), plain(current)
+    saved, current = _flat(plain(saved)), _flat(plain(current))
     if saved != current:
         diff = sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k))
         raise CheckpointFormatError(

@@ -1,27 +1,27 @@
-"""Contrastive (CLIP) training of a tiny CLIP on ShapesRef, deterministic on CPU.
+"""Contrastive (CLIP) training of a tiny CLIP on ShapesRef, as a task of the one training loop.
 
 No pretrained CLIP can be downloaded on every machine, so refseg trains its offline demo
-models (``shapes-vit``, ``shapes-rn``) with this loop: symmetric InfoNCE with a learnable
-temperature (Radford et al. 2021, "Learning Transferable Visual Models From Natural Language
-Supervision", Fig. 3 and Sec. 2.5), AdamW with linear warm-up and cosine decay.
+models (``shapes-vit``, ``shapes-rn``) with this task on :func:`refseg.train.loop.train`:
+symmetric InfoNCE with a learnable temperature (Radford et al. 2021, "Learning Transferable
+Visual Models From Natural Language Supervision", Fig. 3 and Sec. 2.5), AdamW with linear
+warm-up and cosine decay.
 
 Rendering a scene costs more than a training step of these models, so a pool of
 (image, caption) pairs is rendered once (deterministically, as ``uint8`` tensors) and every
-batch is drawn from it. Batch ``i`` is a pure function of ``(seed, i)`` and the learning rate
-a pure function of the step, so a run resumed from ``checkpoint.pt`` is bit-identical to an
-uninterrupted one.
+batch is drawn from it: ``batch_size`` distinct pairs at random per step, a pure function of
+``(seed, step)`` (the loop's ``"step"`` sampling). The pool holds what the run can use,
+``min(6000, steps x batch_size)`` pairs unless ``pool_size`` is given, so a short trial run
+starts at once; the held-out pairs are rendered only when first evaluated. Under several
+processes every rank computes the loss over the gathered global batch
+(:func:`refseg.train.loop.gather_with_grad`), so N processes train as one.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
-import subprocess
-import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -38,14 +38,13 @@ from refseg.clip.load import save_clip
 from refseg.clip.model import CLIP
 from refseg.clip.preprocess import resize_for_clip
 from refseg.clip.tokenizer import ClipTokenizer
-from refseg.errors import CheckpointFormatError, CheckpointNotFoundError, InputError
+from refseg.errors import InputError
+from refseg.train.loop import LoopConfig, TaskBase, gather_with_grad, train
 from refseg.train.tokenizer import DEFAULT_CONTEXT_LENGTH, DEFAULT_VOCAB_SIZE, train_bpe
 
 # ``(seed, n) -> n (RGB image, caption) pairs``; ShapesRef's ``sample_training_pairs`` is one.
 PairSource = Callable[[int, int], Iterable[tuple[Image.Image, str]]]
 
-CHECKPOINT_NAME = "checkpoint.pt"
-TRAINING_RECORD_NAME = "TRAINING.json"
 # Added to the seed for the held-out pool, so evaluation pairs are never trained on.
 HELD_OUT_SEED_OFFSET = 1_000_003
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP paper, Sec. 2.5: "clipped to prevent scaling ... > 100"
@@ -127,21 +126,21 @@ def preset_config(name: str, vocab_size: int, context_length: int) -> CLIPConfig
 # Per-preset training defaults: the settings of the shipped weights (src/refseg/weights/*/
 # TRAINING.json). Measured on a shared 2-core machine: shapes-vit 1.9 s a step (1 thread,
 # load 3-8, 22 min); shapes-rn 1.5 s a step (2 threads, load ~2, 18 min). At 350 steps
-# shapes-rn reached only 73% crop colour+shape; 700 steps give 87%.
+# shapes-rn reached only 73% crop colour+shape; 700 steps give 87%. Both drew from 6000
+# pairs (the pool's cap, see ContrastiveConfig.pool_pairs).
+POOL_CAP = 6000
 PRESET_TRAINING: dict[str, dict[str, Any]] = {
     "shapes-vit": {
         "steps": 700,
         "batch_size": 64,
         "lr": 1e-3,
         "warmup_steps": 70,
-        "pool_size": 6000,
     },
     "shapes-rn": {
         "steps": 700,
         "batch_size": 64,
         "lr": 2e-3,
         "warmup_steps": 35,
-        "pool_size": 6000,
     },
 }
 
@@ -154,7 +153,9 @@ class ContrastiveConfig:
     AdamW, beta2 0.98, eps 1e-6, weight decay 0.2 on weights only, cosine schedule, learnable
     temperature initialised at 0.07 and clipped at 100. Step counts, batch size and learning
     rate are ours, sized for a few-million-parameter model trained for minutes on two CPU
-    cores.
+    cores. The loop's own options (threads, checkpoints, ...) are in
+    :class:`refseg.train.loop.LoopConfig`; ``steps``, ``batch_size`` and ``seed`` are here too
+    because presets set them and the data depend on them.
     """
 
     preset: str = "shapes-vit"
@@ -166,13 +167,13 @@ class ContrastiveConfig:
     betas: tuple[float, float] = (0.9, 0.98)
     eps: float = 1e-6
     seed: int = 0
-    threads: int = 2
-    pool_size: int = 6000  # rendered (image, caption) pairs batches are drawn from
+    # Rendered (image, caption) pairs batches are drawn from; None: min(POOL_CAP, steps x
+    # batch_size), all a run can use.
+    pool_size: int | None = None
     held_out_size: int = 512  # pairs for the final retrieval accuracy (another seed)
     crop_eval_scenes: int = 100  # benchmark scenes whose object crops test colour + shape
     vocab_size: int = DEFAULT_VOCAB_SIZE
     context_length: int = DEFAULT_CONTEXT_LENGTH
-    checkpoint_every: int = 100
     # Off-diagonal pairs whose captions mean the same are not negatives (crops repeat a lot).
     mask_duplicate_captions: bool = True
 
@@ -184,23 +185,28 @@ class ContrastiveConfig:
             "batch_size": self.batch_size >= 2,
             "lr": self.lr > 0,
             "warmup_steps": self.warmup_steps >= 0,
-            "threads": self.threads >= 1,
-            "pool_size": self.pool_size >= self.batch_size,
+            "pool_size": self.pool_size is None or self.pool_size >= self.batch_size,
             "held_out_size": self.held_out_size >= 2,
-            "checkpoint_every": self.checkpoint_every >= 1,
             "seed": self.seed >= 0,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
             raise InputError(
-                f"invalid training option(s) {', '.join(bad)}: steps, threads and "
-                "checkpoint_every must be >= 1, batch_size >= 2, pool_size >= batch_size, "
-                "lr > 0, seed and warmup_steps >= 0"
+                f"invalid training option(s) {', '.join(bad)}: steps must be >= 1, "
+                "batch_size >= 2, pool_size >= batch_size, lr > 0, seed and warmup_steps >= 0"
             )
         preset_config(self.preset, self.vocab_size, self.context_length)  # validates the name
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @property
+    def pool_pairs(self) -> int:
+        """Pairs in the training pool: ``pool_size``, or all a run can draw up to
+        :data:`POOL_CAP`."""
+        if self.pool_size is not None:
+            return self.pool_size
+        return max(self.batch_size, min(POOL_CAP, self.steps * self.batch_size))
 
     @classmethod
     def for_preset(cls, preset: str, **overrides: Any) -> ContrastiveConfig:
@@ -354,12 +360,6 @@ def learning_rate(step: int, config: ContrastiveConfig) -> float:
     return 0.5 * config.lr * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def batch_indices(step: int, config: ContrastiveConfig, pool_size: int) -> torch.Tensor:
-    """The pool rows of batch ``step``: a pure function of ``(seed, step)``, no repeats."""
-    generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
-    return torch.randperm(pool_size, generator=generator)[: config.batch_size]
-
-
 def _optimizer(model: CLIP, config: ContrastiveConfig) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices only: no decay on gains, biases, embeddings of
     positions, the class token or the temperature (as open_clip's ``exclude`` rule)."""
@@ -374,24 +374,6 @@ def _optimizer(model: CLIP, config: ContrastiveConfig) -> torch.optim.AdamW:
         {"params": no_decay, "weight_decay": 0.0},
     ]
     return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=config.eps)
-
-
-@contextmanager
-def deterministic_cpu(threads: int) -> Iterator[None]:
-    """Deterministic kernels and a fixed thread count, restored on exit."""
-    previous_threads = torch.get_num_threads()
-    previous_flag = torch.are_deterministic_algorithms_enabled()
-    previous_fill = torch.utils.deterministic.fill_uninitialized_memory
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(True)
-    # NaN-filling every new tensor costs ~20% of a ResNet step and changes no result here.
-    torch.utils.deterministic.fill_uninitialized_memory = False
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous_threads)
-        torch.use_deterministic_algorithms(previous_flag)
-        torch.utils.deterministic.fill_uninitialized_memory = previous_fill
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -477,149 +459,181 @@ def crop_accuracy(
     }
 
 
-# --------------------------------------------------------------------------- checkpoints
+# --------------------------------------------------------------------------- the task
 
 
-def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write ``state`` with ``torch.save`` through a temporary file and an atomic rename."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+class _PoolRows(torch.utils.data.Dataset):
+    """Sample ``i`` is pool row ``i``; :meth:`ContrastiveTask.collate` slices the pool's
+    tensors by the rows of a batch at once (faster than stacking samples)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> int:
+        return index
 
 
-def _plain(data: Any) -> Any:
-    """Tuples as lists, as after a JSON round trip, so stored and live configs compare."""
-    return json.loads(json.dumps(data))
+class WarmupCosine(torch.optim.lr_scheduler.LRScheduler):
+    """:func:`learning_rate` as a scheduler (every group gets the same rate)."""
 
+    def __init__(self, optimizer: torch.optim.Optimizer, config: ContrastiveConfig) -> None:
+        self.config = config
+        super().__init__(optimizer)
 
-def _load_checkpoint(path: Path, config: ContrastiveConfig) -> dict[str, Any]:
-    if not path.is_file():
-        raise CheckpointNotFoundError(
-            f"--resume: no {CHECKPOINT_NAME} in {path.parent}; run once without --resume"
-        )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several unrelated types on bad files
-        raise CheckpointFormatError(f"cannot read {path}: {type(exc).__name__}: {exc}") from None
-    saved, current = _plain(state.get("config", {})), _plain(config.to_dict())
-    if saved != current:
-        diff = sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k))
-        raise CheckpointFormatError(
-            f"{path} was written with other options ({', '.join(diff)} differ); resume with "
-            "the same options or start in a new --out directory"
-        )
-    return state
+    def get_lr(self) -> list[float]:
+        return [learning_rate(self.last_epoch, self.config) for _ in self.optimizer.param_groups]
 
-
-def git_commit() -> str:
-    """The refseg source tree's git commit, or ``"unknown"`` outside a checkout."""
-    try:
-        result = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return result.stdout.strip()
-
-
-# --------------------------------------------------------------------------- training
+    def state_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in super().state_dict().items() if k != "config"}
 
 
 @dataclass
-class TrainResult:
+class ContrastiveBatch:
+    """One micro-batch: ``uint8 [B, S, S, 3]`` images, tokens, caption ids."""
+
+    images: torch.Tensor
+    tokens: torch.Tensor
+    caption_ids: torch.Tensor
+
+
+class ContrastiveTask(TaskBase):
+    """A :class:`refseg.train.loop.TrainTask` training a CLIP preset on rendered pairs.
+
+    Args:
+        config: the run's hyper-parameters.
+        pair_source: ``(seed, n) -> pairs``; default ShapesRef's ``sample_training_pairs``.
+        evaluate_crops: the final evaluation also measures colour/shape accuracy on
+            ShapesRef object crops.
+        progress: show a bar while rendering pairs.
+    """
+
+    name = "clip"
+    sampling = "step"  # batch i: batch_size distinct pool rows drawn with seed (seed, i)
+    best_metric = "image_to_text"
+    best_mode = "max"
+
+    def __init__(
+        self,
+        config: ContrastiveConfig,
+        *,
+        pair_source: PairSource | None = None,
+        evaluate_crops: bool = True,
+        progress: bool = True,
+    ) -> None:
+        self.config = config
+        self.pair_source = pair_source or default_pair_source()
+        self.evaluate_crops = evaluate_crops
+        self.progress = progress
+        self.pool: PairPool | None = None
+        self.held_out: PairPool | None = None
+        self.tokenizer: ClipTokenizer | None = None
+
+    @property
+    def image_size(self) -> int:
+        return preset_config(self.config.preset, self.config.vocab_size, 1).vision.image_size
+
+    def _prepare(self) -> None:
+        """Render the training pool and train the tokenizer on its captions (once)."""
+        if self.pool is not None:
+            return
+        from refseg.data.shapes.words import caption_vocabulary
+
+        config = self.config
+        pool = render_pool(
+            self.pair_source, config.seed, config.pool_pairs, self.image_size, self.progress
+        )
+        bpe = train_bpe([*caption_vocabulary(), *pool.captions], config.vocab_size)
+        self.tokenizer = ClipTokenizer(bpe, config.context_length)
+        pool.tokens = self.tokenizer(pool.captions)
+        self.pool = pool
+
+    def train_dataset(self) -> torch.utils.data.Dataset:
+        self._prepare()
+        return _PoolRows(len(self.pool))
+
+    def build_model(self) -> CLIP:
+        self._prepare()
+        config = self.config
+        return CLIP(preset_config(config.preset, self.tokenizer.vocab_size, config.context_length))
+
+    def collate(self, samples: list[int]) -> ContrastiveBatch:
+        rows = torch.tensor(samples, dtype=torch.long)
+        pool = self.pool
+        return ContrastiveBatch(pool.images[rows], pool.tokens[rows], pool.caption_ids[rows])
+
+    def loss(self, model: CLIP, batch: ContrastiveBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        pixels = pixels_from_uint8(batch.images, model.config.preprocess)
+        image_features = gather_with_grad(model.encode_image(pixels))
+        text = model.encode_text(trim_tokens(batch.tokens), self.tokenizer.eot_id)
+        text_features = gather_with_grad(text)
+        ids = gather_with_grad(batch.caption_ids) if self.config.mask_duplicate_captions else None
+        loss = contrastive_loss(image_features, text_features, model.logit_scale, ids)
+        return loss, {}
+
+    def optimizer(self, model: CLIP) -> torch.optim.Optimizer:
+        return _optimizer(model, self.config)
+
+    def scheduler(self, optimizer: torch.optim.Optimizer, total_steps: int) -> WarmupCosine:
+        if total_steps != self.config.steps:
+            raise InputError(f"the loop runs {total_steps} steps, the config {self.config.steps}")
+        return WarmupCosine(optimizer, self.config)
+
+    def after_step(self, model: CLIP) -> None:
+        with torch.no_grad():
+            model.logit_scale.clamp_(0.0, MAX_LOGIT_SCALE)
+
+    def evaluate(self, model: CLIP) -> dict[str, float]:
+        """Held-out retrieval (pairs of another seed, rendered on first use), the
+        temperature, and the ShapesRef crop accuracy if asked for."""
+        config = self.config
+        if self.held_out is None:
+            self.held_out = render_pool(
+                self.pair_source,
+                config.seed + HELD_OUT_SEED_OFFSET,
+                config.held_out_size,
+                self.image_size,
+                self.progress,
+            )
+            self.held_out.tokens = self.tokenizer(self.held_out.captions)
+        metrics = retrieval_accuracy(model, self.held_out, self.tokenizer.eot_id, config.batch_size)
+        metrics["logit_scale"] = model.logit_scale.exp().item()
+        if self.evaluate_crops:
+            from refseg.data.shapes.words import COLORS, SHAPES
+
+            crops = list(shape_crops(config.seed, config.crop_eval_scenes))
+            accuracy = crop_accuracy(model, self.tokenizer, crops, COLORS, SHAPES)
+            metrics.update({f"crop_{k}": v for k, v in accuracy.items()})
+        return metrics
+
+    def save_artifact(self, model: CLIP, out_dir: Path) -> None:
+        save_clip(model, self.tokenizer, out_dir, {"preset": self.config.preset})
+
+    def record(self) -> dict[str, Any]:
+        config = self.config
+        return {
+            "preset": config.preset,
+            "pool_pairs": config.pool_pairs,
+            "held_out_pairs": config.held_out_size,
+            "crop_eval_scenes": config.crop_eval_scenes if self.evaluate_crops else 0,
+            "config": config.to_dict(),
+            "model_config": preset_config(
+                config.preset, self.tokenizer.vocab_size, config.context_length
+            ).to_dict(),
+        }
+
+
+@dataclass
+class ContrastiveResult:
     """What a run produced: the trained model, its tokenizer and the record written to
     ``TRAINING.json``."""
 
     model: CLIP
     tokenizer: ClipTokenizer
     record: dict[str, Any]
-
-
-@dataclass
-class _RunState:
-    """What a checkpoint restores besides the weights."""
-
-    step: int = 0
-    losses: list[float] = field(default_factory=list)
-    wall_time_s: float = 0.0  # time spent in training steps, summed over resumed runs
-
-
-def _prepare_data(
-    config: ContrastiveConfig, source: PairSource, progress: bool
-) -> tuple[PairPool, PairPool, ClipTokenizer]:
-    """Render the training and held-out pools and train the tokenizer on the captions."""
-    from refseg.data.shapes.words import caption_vocabulary
-
-    image_size = preset_config(config.preset, config.vocab_size, 1).vision.image_size
-    pool = render_pool(source, config.seed, config.pool_size, image_size, progress)
-    held_out = render_pool(
-        source, config.seed + HELD_OUT_SEED_OFFSET, config.held_out_size, image_size, progress
-    )
-    bpe = train_bpe([*caption_vocabulary(), *pool.captions], config.vocab_size)
-    tokenizer = ClipTokenizer(bpe, config.context_length)
-    pool.tokens, held_out.tokens = tokenizer(pool.captions), tokenizer(held_out.captions)
-    return pool, held_out, tokenizer
-
-
-def _train_step(
-    model: CLIP,
-    optimizer: torch.optim.Optimizer,
-    pool: PairPool,
-    eot_id: int,
-    step: int,
-    config: ContrastiveConfig,
-) -> tuple[float, float]:
-    """One optimiser step on batch ``step``; returns ``(loss, learning rate)``."""
-    lr = learning_rate(step, config)
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    rows = batch_indices(step, config, len(pool))
-    pixels = pixels_from_uint8(pool.images[rows], model.config.preprocess)
-    image_features = model.encode_image(pixels)
-    text_features = model.encode_text(trim_tokens(pool.tokens[rows]), eot_id)
-    ids = pool.caption_ids[rows] if config.mask_duplicate_captions else None
-    loss = contrastive_loss(image_features, text_features, model.logit_scale, ids)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    with torch.no_grad():
-        model.logit_scale.clamp_(0.0, MAX_LOGIT_SCALE)
-    return loss.item(), lr
-
-
-def _evaluate(
-    model: CLIP,
-    tokenizer: ClipTokenizer,
-    held_out: PairPool,
-    config: ContrastiveConfig,
-    evaluate_crops: bool,
-) -> dict[str, Any]:
-    """Held-out retrieval and (optionally) ShapesRef crop accuracy, rounded for the record."""
-    model.eval()
-    retrieval = retrieval_accuracy(model, held_out, tokenizer.eot_id, config.batch_size)
-    result: dict[str, Any] = {
-        "held_out_retrieval": {
-            "pairs": len(held_out),
-            "chunk": config.batch_size,
-            **{k: round(v, 4) for k, v in retrieval.items()},
-        },
-        "crop_accuracy": None,
-    }
-    if evaluate_crops:
-        from refseg.data.shapes.words import COLORS, SHAPES
-
-        crops = list(shape_crops(config.seed, config.crop_eval_scenes))
-        accuracy = crop_accuracy(model, tokenizer, crops, COLORS, SHAPES)
-        result["crop_accuracy"] = {
-            "scenes": config.crop_eval_scenes,
-            **{k: round(v, 4) for k, v in accuracy.items()},
-        }
-    return result
+    main_process: bool = True
 
 
 def train_contrastive(
@@ -631,93 +645,38 @@ def train_contrastive(
     progress: bool = True,
     command: str | None = None,
     evaluate_crops: bool = True,
-) -> TrainResult:
+    **loop_options: Any,
+) -> ContrastiveResult:
     """Train a CLIP preset contrastively and save it with :func:`refseg.clip.save_clip`.
 
-    Writes ``OUT/checkpoint.pt`` every ``config.checkpoint_every`` steps (model, optimiser,
-    step, RNG state, losses), then ``model.safetensors``, ``tokenizer.json`` and
-    ``TRAINING.json`` (command, seed, git commit, torch version, threads, steps, wall time,
-    final loss, held-out accuracies).
+    :class:`ContrastiveTask` on :func:`refseg.train.loop.train`: writes ``OUT/checkpoint.pt``
+    every ``checkpoint_every`` steps, at the end and on SIGINT/SIGTERM, ``metrics.jsonl``,
+    then ``model.safetensors``, ``tokenizer.json`` and ``TRAINING.json``.
 
     Args:
         pair_source: ``(seed, n) -> pairs``; default ShapesRef's ``sample_training_pairs``.
         resume: continue from ``OUT/checkpoint.pt`` (same options required).
         command: the command line, recorded in ``TRAINING.json``.
         evaluate_crops: also measure colour/shape accuracy on ShapesRef object crops.
+        loop_options: other :class:`refseg.train.loop.LoopConfig` fields (``threads``,
+            ``checkpoint_every``, ``grad_accum``, ...).
 
     Raises:
         InputError: bad options or a pair source that gives too few pairs.
         CheckpointError: ``resume`` without a usable checkpoint.
     """
-    started = time.perf_counter()
-    commit = git_commit()  # the code that runs, even if the tree moves on meanwhile
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    checkpoint_path = out / CHECKPOINT_NAME
-    saved = _load_checkpoint(checkpoint_path, config) if resume else None
-    source = pair_source or default_pair_source()
-
-    with deterministic_cpu(config.threads):
-        torch.manual_seed(config.seed)
-        pool, held_out, tokenizer = _prepare_data(config, source, progress)
-        tokenizer.save(out / "tokenizer.json")  # written now so checkpoints are usable alone
-        model = CLIP(preset_config(config.preset, tokenizer.vocab_size, config.context_length))
-        optimizer = _optimizer(model, config)
-        run = _RunState()
-        if saved is not None:
-            model.load_state_dict(saved["model"])
-            optimizer.load_state_dict(saved["optimizer"])
-            torch.set_rng_state(saved["torch_rng"])
-            run = _RunState(saved["step"], list(saved["losses"]), saved["wall_time_s"])
-
-        bar = tqdm(total=config.steps, initial=run.step, disable=not progress, desc=config.preset)
-        model.train()
-        for step in range(run.step, config.steps):
-            tic = time.perf_counter()
-            loss, lr = _train_step(model, optimizer, pool, tokenizer.eot_id, step, config)
-            seconds = time.perf_counter() - tic
-            run.step, run.wall_time_s = step + 1, run.wall_time_s + seconds
-            run.losses.append(loss)
-            bar.update(1)
-            bar.set_postfix(
-                loss=f"{loss:.3f}", lr=f"{lr:.2e}", img_s=f"{config.batch_size / seconds:.0f}"
-            )
-            if run.step % config.checkpoint_every == 0 or run.step == config.steps:
-                _save_checkpoint(
-                    checkpoint_path,
-                    {
-                        "config": config.to_dict(),
-                        "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "torch_rng": torch.get_rng_state(),
-                        **dataclasses.asdict(run),
-                    },
-                )
-        bar.close()
-        evaluation = _evaluate(model, tokenizer, held_out, config, evaluate_crops)
-
-    tail = run.losses[-min(len(run.losses), 20) :]
-    record = {
-        "command": command,
-        "preset": config.preset,
-        "seed": config.seed,
-        "refseg_git_commit": commit,
-        "torch_version": torch.__version__,
-        "threads": config.threads,
-        "steps": config.steps,
-        "wall_time_s": round(run.wall_time_s, 1),
-        "wall_time_note": "seconds in training steps (all runs if resumed); "
-        "this invocation incl. rendering and evaluation: see process_wall_time_s",
-        "process_wall_time_s": round(time.perf_counter() - started, 1),
-        "final_loss": round(sum(tail) / len(tail), 4),
-        "final_loss_note": f"mean training loss of the last {len(tail)} steps",
-        "first_loss": round(run.losses[0], 4),
-        "logit_scale": round(model.logit_scale.detach().exp().item(), 2),
-        **evaluation,
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "config": config.to_dict(),
-        "model_config": model.config.to_dict(),
-    }
-    save_clip(model, tokenizer, out, {"preset": config.preset})
-    (out / TRAINING_RECORD_NAME).write_text(json.dumps(record, indent=2) + "\n")
-    return TrainResult(model, tokenizer, record)
+    task = ContrastiveTask(
+        config, pair_source=pair_source, evaluate_crops=evaluate_crops, progress=progress
+    )
+    loop = LoopConfig(
+        out_dir=Path(out_dir),
+        steps=config.steps,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        resume=resume,
+        progress=progress,
+        command=command,
+        **loop_options,
+    )
+    result = train(task, loop)
+    return ContrastiveResult(result.model, task.tokenizer, result.record, result.main_process)

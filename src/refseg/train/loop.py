@@ -235,11 +235,13 @@ class TrainResult:
         model: the trained plain model (on the loop's device).
         record: the TRAINING.json content (rank 0 writes it; every rank gets the same dict).
         out_dir: where the files went.
+        main_process: whether this is rank 0 (the one that wrote files and should print).
     """
 
     model: torch.nn.Module
     record: dict[str, Any]
     out_dir: Path
+    main_process: bool = True
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -719,7 +721,7 @@ def _run(
     if world > 1:
         record = broadcast_object_list([record])[0]
     accelerator.wait_for_everyone()
-    return TrainResult(model, checkpoint.plain(record), out)
+    return TrainResult(model, checkpoint.plain(record), out, main)
 
 
 _RECORDED_LOOP_KEYS = (
