@@ -1,13 +1,15 @@
 """A tiny regression TrainTask and a command line for it, for the training-loop tests.
 
-Run as ``python tests/support/tiny_train.py OUT [loop options]`` (alone or under
-``torchrun``); it prints nothing but what the loop prints. ``--sleep S`` waits S seconds in
-every loss (so a test can signal the run mid-way).
+Run as ``python tests/support/tiny_train.py --out OUT [loop options]`` (alone or under
+``torchrun``). ``--sleep S`` waits S seconds in every loss (so one can signal a run
+mid-way); the final weights go to ``OUT/final.rankR.pt``.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -15,32 +17,59 @@ from typing import Any
 
 import torch
 
-from refseg.train.loop import TaskBase, add_loop_arguments, loop_config_from_args, train
+from refseg.train.loop import (
+    TaskBase,
+    TrainingInterrupted,
+    add_loop_arguments,
+    loop_config_from_args,
+    train,
+)
 
 
 class TinyRegression(TaskBase):
-    """y = tanh(x A) b + noise on 64 fixed samples; an MLP with a BatchNorm learns it."""
+    """y = tanh(x A) b + noise on 64 fixed samples, learnt by a small MLP.
+
+    Args:
+        dropout: makes the loss depend on the RNG (so resume must restore it).
+        kill_at: ``(rank, call)``: that rank sends itself SIGTERM in that call of ``loss``.
+    """
 
     name = "tiny-regression"
     best_metric = "val_mse"
     best_mode = "min"
 
-    def __init__(self, samples: int = 64, sleep: float = 0.0, sampling: str = "epoch") -> None:
+    def __init__(
+        self,
+        samples: int = 64,
+        *,
+        dropout: float = 0.0,
+        sleep: float = 0.0,
+        kill_at: tuple[int, int] | None = None,
+    ) -> None:
         generator = torch.Generator().manual_seed(1234)
-        self.x = torch.randn(samples + 32, 4, generator=generator)
+        total = samples + 32
+        self.x = torch.randn(total, 4, generator=generator)
         a, b = torch.randn(4, 6, generator=generator), torch.randn(6, 1, generator=generator)
-        self.y = torch.tanh(self.x @ a) @ b + 0.05 * torch.randn(samples + 32, 1, generator=generator)
-        self.samples, self.sleep, self.sampling = samples, sleep, sampling
+        noise = 0.05 * torch.randn(total, 1, generator=generator)
+        self.y = torch.tanh(self.x @ a) @ b + noise
+        self.samples, self.dropout, self.sleep, self.kill_at = samples, dropout, sleep, kill_at
+        self.calls = 0
 
     def build_model(self) -> torch.nn.Module:
         return torch.nn.Sequential(
-            torch.nn.Linear(4, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1)
+            torch.nn.Linear(4, 16),
+            torch.nn.Tanh(),
+            torch.nn.Dropout(self.dropout),
+            torch.nn.Linear(16, 1),
         )
 
     def train_dataset(self) -> torch.utils.data.Dataset:
         return torch.utils.data.TensorDataset(self.x[: self.samples], self.y[: self.samples])
 
     def loss(self, model: torch.nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        self.calls += 1
+        if self.kill_at == (int(os.environ.get("RANK", 0)), self.calls):
+            os.kill(os.getpid(), signal.SIGTERM)
         if self.sleep:
             time.sleep(self.sleep)
         x, y = batch
@@ -58,25 +87,23 @@ class TinyRegression(TaskBase):
         return {"val_mse": float(((model(x) - y) ** 2).mean())}
 
     def record(self) -> dict[str, Any]:
-        return {"samples": self.samples, "sampling": self.sampling}
+        return {"samples": self.samples, "dropout": self.dropout}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser()
     add_loop_arguments(parser, {"steps": 12, "batch_size": 8, "checkpoint_every": 4})
     parser.add_argument("--sleep", type=float, default=0.0)
-    parser.add_argument("--sampling", default="epoch")
+    parser.add_argument("--dropout", type=float, default=0.0)
     args = parser.parse_args(argv)
     config = loop_config_from_args(args, progress=False)
-    result = train(TinyRegression(sleep=args.sleep, sampling=args.sampling), config)
-    torch.save(result.model.state_dict(), Path(args.out) / f"final.rank{_rank()}.pt")
+    try:
+        result = train(TinyRegression(dropout=args.dropout, sleep=args.sleep), config)
+    except TrainingInterrupted:
+        return 130
+    rank = int(os.environ.get("RANK", 0))
+    torch.save(result.model.state_dict(), Path(args.out) / f"final.rank{rank}.pt")
     return 0
-
-
-def _rank() -> int:
-    import os
-
-    return int(os.environ.get("RANK", 0))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@
     refseg eval ... --shard 0/4 --out runs/rc-0    # then: refseg merge runs/rc-* --out runs/rc
     refseg eval ... --sweep alpha=0.5,0.85,0.95,1.0 k=1,2,3
     refseg eval ... --system maskclip --clip shapes-vit --sweep threshold=0.3,0.5,0.7
+    torchrun --nproc_per_node 4 -m refseg eval ... --out runs/rc   # ranks split the images
 
 Rerunning the same command into the same --out resumes an interrupted run.
 """
@@ -103,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
     from refseg.commands.report import report_after_run
     from refseg.commands.score import format_table
     from refseg.data import ReferDataset, open_dataset
+    from refseg.eval import distributed
     from refseg.eval.metrics import strict_precision
     from refseg.eval.report import PIXELS_DESCRIPTION
     from refseg.eval.runner import EvalRunner, Shard
@@ -110,7 +112,12 @@ def run(args: argparse.Namespace) -> int:
     from refseg.methods import ALPHA_BY_DATASET
     from refseg.systems.base import factory_options
 
+    launch = distributed.torchrun_launch()
+    if launch is not None and args.shard:
+        raise InputError("under torchrun the processes split the images; drop --shard")
     shard = Shard.parse(args.shard) if args.shard else Shard()
+    if launch is not None:
+        shard = Shard(launch.rank, launch.world_size)
     points = grid_points(parse_sweep(args.sweep)) if args.sweep else []
     if args.limit is not None and args.limit < 1:
         raise InputError(f"--limit must be >= 1; got {args.limit}")
@@ -133,8 +140,14 @@ def run(args: argparse.Namespace) -> int:
     system = load_system(args, alpha=alpha, proposals=proposals)
     check_system_points(points, system)
     split_by = getattr(dataset, "split_by", None)
-    out = Path(args.out) if args.out else None
-    out = out or default_run_dir(args, split_by, shard_stem(shard), system.describe())
+    if launch is None:
+        out = Path(args.out) if args.out else None
+        out = out or default_run_dir(args, split_by, shard_stem(shard), system.describe())
+        run_dir = out
+    else:
+        out = Path(args.out) if args.out else None
+        out = out or default_run_dir(args, split_by, None, system.describe())
+        run_dir = distributed.shard_dir(out, shard.stem)
     settings: dict[str, Any] = {"dataset_root": args.dataset, "images": args.images}
     given = {"clip": args.clip, "proposals": args.proposals, "spacy": args.spacy}
     settings.update({key: value for key, value in given.items() if value is not None})
@@ -143,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
     runner = EvalRunner(
         system,
         dataset,
-        out,
+        run_dir,
         settings=settings,
         params={
             key: value
@@ -159,10 +172,15 @@ def run(args: argparse.Namespace) -> int:
         shard=shard,
         limit=args.limit,
         structure=args.structure,
-        progress=not args.no_progress,
+        progress=not args.no_progress and (launch is None or launch.main),
         command=["refseg", *sys.argv[1:]],
     )
-    summary = runner.run()
+    if launch is None:
+        summary = runner.run()
+    else:
+        summary = _run_distributed(runner, launch, out)
+        if summary is None:
+            return 0  # rank 0 reports
     resumed = summary.images - summary.images_computed
     print(
         f"{system.name}: {summary.images} images ({resumed} resumed), "
@@ -183,6 +201,34 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {out}/ (predictions.json, metrics.json, report.md, config.json)")
     print(report_after_run(out, dataset))
     return 0
+
+
+def _run_distributed(runner: Any, launch: Any, out: Path) -> Any:
+    """Run this rank's shard, wait for all, merge on rank 0 (the others return ``None``)."""
+    from dataclasses import replace
+
+    from refseg.eval import distributed
+    from refseg.eval.runner import Shard, merge_runs
+
+    with distributed.process_group(launch):
+        summary = runner.run()
+        counts = distributed.sum_over_ranks(
+            [summary.images_computed, summary.expressions, summary.no_proposal_images]
+        )
+        if launch.main:
+            stems = [Shard(i, launch.world_size).stem for i in range(launch.world_size)]
+            merged = merge_runs([distributed.shard_dir(out, stem) for stem in stems], out)
+            summary = replace(
+                summary,
+                run_dir=out,
+                metrics=merged.metrics,
+                images=merged.images,
+                images_computed=counts[0],
+                expressions=counts[1],
+                no_proposal_images=counts[2],
+            )
+        distributed.barrier()
+    return summary if launch.main else None
 
 
 def shard_stem(shard: Any) -> str | None:

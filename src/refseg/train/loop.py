@@ -608,7 +608,13 @@ def _run(
         grad_accum=config.grad_accum,
     )
     loader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=sampler, collate_fn=task.collate, num_workers=config.num_workers
+        dataset,
+        batch_sampler=sampler,
+        collate_fn=task.collate,
+        num_workers=config.num_workers,
+        # Its own generator: starting an iterator must not draw from the global RNG, or a
+        # resumed run's dropout masks would shift by one draw.
+        generator=torch.Generator().manual_seed(config.seed * 1_000_003 + step),
     )
     batches = iter(loader)
     trainable = [p for p in model.parameters() if p.requires_grad]
