@@ -13,7 +13,9 @@ batch is drawn from it: ``batch_size`` distinct pairs at random per step, a pure
 ``min(6000, steps x batch_size)`` pairs unless ``pool_size`` is given, so a short trial run
 starts at once; the held-out pairs are rendered only when first evaluated. Under several
 processes every rank computes the loss over the gathered global batch
-(:func:`refseg.train.loop.gather_with_grad`), so N processes train as one.
+(:func:`refseg.train.loop.gather_with_grad`), so N processes train as one. With
+``grad_accum`` > 1 the negatives of a pair are those of its micro-batch only (InfoNCE does
+not split into micro-batches): a different, weaker objective.
 """
 
 from __future__ import annotations

@@ -56,6 +56,7 @@ import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -86,6 +87,8 @@ BEST_DIR_NAME = "best"
 METRICS_LOG_NAME = "metrics.jsonl"
 TRAINING_RECORD_NAME = "TRAINING.json"
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
+# Timeout of the process group's collectives (ranks wait for rank 0's validation).
+COLLECTIVE_TIMEOUT = timedelta(hours=6)
 
 
 @dataclass
@@ -391,6 +394,8 @@ def _check_config(config: LoopConfig) -> None:
     bad = [rule for rule, ok in checks.items() if not ok]
     if bad:
         raise InputError(f"invalid training option(s): need {', '.join(bad)}")
+    if config.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise InputError("--mixed-precision fp16 needs CUDA; on CPU use bf16 or no")
 
 
 # Loop options a resumed run must share with its checkpoint (the others change no number).
@@ -466,7 +471,12 @@ def train(task: TrainTask, config: LoopConfig) -> TrainResult:
     """
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
-    from accelerate.utils import DistributedDataParallelKwargs, send_to_device, set_seed
+    from accelerate.utils import (
+        DistributedDataParallelKwargs,
+        InitProcessGroupKwargs,
+        send_to_device,
+        set_seed,
+    )
 
     _check_config(config)
     started = time.perf_counter()
@@ -475,7 +485,9 @@ def train(task: TrainTask, config: LoopConfig) -> TrainResult:
         cpu=not torch.cuda.is_available(),
         mixed_precision=config.mixed_precision,
         kwargs_handlers=[
-            DistributedDataParallelKwargs(find_unused_parameters=config.find_unused_parameters)
+            DistributedDataParallelKwargs(find_unused_parameters=config.find_unused_parameters),
+            # other ranks wait while rank 0 validates: allow a long validation
+            InitProcessGroupKwargs(timeout=COLLECTIVE_TIMEOUT),
         ],
     )
     try:
