@@ -15,10 +15,13 @@ final artefact. :func:`train` does the rest, identically on one process or under
   states of every rank and the step (= sampler position); written atomically every
   ``checkpoint_every`` steps, at the end, and when SIGINT/SIGTERM arrives (the step in flight
   finishes first);
-- rank 0 only: tqdm (loss, it/s), ``OUT/metrics.jsonl`` (and TensorBoard under ``OUT/tb`` if
-  ``tensorboard`` is installed), validation every ``eval_every`` steps keeping
-  ``OUT/best/checkpoint.pt`` by ``task.best_metric``, ``task.save_artifact`` and
-  ``OUT/TRAINING.json`` at the end.
+- rank 0 only: tqdm (loss, lr, it/s), ``OUT/metrics.jsonl`` (one JSON object per line:
+  ``{"step", "split": "train", "loss", ..., "lr", "steps_per_s"}`` every ``log_every`` steps,
+  ``{"step", "split": "val", **evaluate()}``; TensorBoard under ``OUT/tb`` if
+  ``tensorboard`` is installed), ``task.evaluate`` every ``eval_every`` steps and at the end,
+  keeping the best by ``task.best_metric`` in ``OUT/best/`` (``checkpoint.pt``, the task's
+  artefact, ``best.json``), ``task.save_artifact`` into ``OUT`` and ``OUT/TRAINING.json``
+  at the end.
 
 Tasks never call ``torch.distributed`` or ``accelerate`` themselves. ``task.loss`` gets the
 plain (unwrapped) model and may call any of its methods: the loop wraps ``task.loss`` in a
@@ -37,9 +40,16 @@ API (contract A in the project's CONTRACTS.md; additions to the contract are mar
     (+ ``after_step(model)``: called after every optimiser step, e.g. to clamp a
     temperature; + ``sampling``: ``"epoch"`` (default: a fresh permutation of the dataset per
     epoch) or ``"step"`` (every step draws ``batch_size`` distinct samples at random).
-``train(task, config) -> TrainResult``  (model, record, out_dir).
-``add_loop_arguments(parser, defaults)`` / ``loop_config_from_args(args, ...)``  the shared
-    argparse options of ``refseg train clip|clipseg|risclip``.
+``train(task, config) -> TrainResult``  (model, record, out_dir, main_process); raises
+    + ``TrainingInterrupted`` (a ``KeyboardInterrupt``) after the SIGINT/SIGTERM checkpoint.
+``add_loop_arguments(parser, defaults, set_elsewhere=...)`` / ``loop_config_from_args(args,
+    **overrides)``  the shared argparse options of ``refseg train clip|clipseg|risclip``
+    (:mod:`refseg.train.options`).
+``gather_with_grad(tensor)``  + all ranks' rows, differentiable (identity on one process).
+
+Equal results: with ``deterministic`` (default) a run is bit-identical to itself on CPU, a
+resumed run to an uninterrupted one (tested on 1 and 2 ranks), and N ranks x B/N equal one
+rank x B up to float rounding in the gradient average (< 1e-5 after a few AdamW steps).
 """
 
 from __future__ import annotations
