@@ -667,8 +667,12 @@ def train_contrastive(
         InputError: bad options or a pair source that gives too few pairs.
         CheckpointError: ``resume`` without a usable checkpoint.
     """
+    first_rank = int(os.environ.get("RANK", "0")) == 0  # torchrun's; one bar, not N
     task = ContrastiveTask(
-        config, pair_source=pair_source, evaluate_crops=evaluate_crops, progress=progress
+        config,
+        pair_source=pair_source,
+        evaluate_crops=evaluate_crops,
+        progress=progress and first_rank,
     )
     loop = LoopConfig(
         out_dir=Path(out_dir),
