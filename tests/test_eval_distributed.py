@@ -42,9 +42,17 @@ def test_two_ranks_write_what_one_process_writes(tmp_path, tiny_clip_dir, capsys
     config = json.loads((tmp_path / "two" / "config.json").read_text())
     assert [m["shard"] for m in config["merged_from"]] == ["0/2", "1/2"]
     # each rank did its own share of the 5 images
-    lines = [len((tmp_path / "two" / "shards" / f"shard-{r}-of-2" / "partial" /
-                  f"shard-{r}-of-2.jsonl").read_text().splitlines()) for r in (0, 1)]
-    assert lines == [len(Shard(r, 2).indices(5)) for r in (0, 1)] and 0 not in lines
+    def partial_lines() -> list[int]:
+        return [len((tmp_path / "two" / "shards" / f"shard-{r}-of-2" / "partial" /
+                     f"shard-{r}-of-2.jsonl").read_text().splitlines()) for r in (0, 1)]
+
+    assert partial_lines() == [len(Shard(r, 2).indices(5)) for r in (0, 1)]
+    assert 0 not in partial_lines()
+    # the same command again resumes every shard (computes nothing) and merges again
+    first = (tmp_path / "two" / "predictions.json").read_text()
+    run_ranks(_eval, 2, [*common, "--out", str(tmp_path / "two")])
+    assert (tmp_path / "two" / "predictions.json").read_text() == first
+    assert partial_lines() == [len(Shard(r, 2).indices(5)) for r in (0, 1)]
 
 
 def test_shard_option_is_refused_under_torchrun(tmp_path, tiny_clip_dir, monkeypatch, capsys):

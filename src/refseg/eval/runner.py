@@ -734,10 +734,12 @@ def merge_runs(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike
         "shard": None,
         "merged_from": [{"run_dir": str(dirs[i]), "shard": shards[i].label} for i in order],
     }
+    # The shards themselves may live inside out (refseg eval under torchrun: out/shards/).
+    shard_homes = {p for d in dirs for p in (d.resolve(), *d.resolve().parents)}
     if (out / CONFIG_FILE).is_file():
         # Re-merging the same shards is fine; replacing another configuration's merge is not.
         check_resumable(read_config(out), merged, out)
-    elif out.is_dir() and any(out.iterdir()):
+    elif out.is_dir() and any(p.resolve() not in shard_homes for p in out.iterdir()):
         raise InputError(f"--out {out} holds files but no merged run; choose an empty folder")
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / CONFIG_FILE, merged, indent=2)
