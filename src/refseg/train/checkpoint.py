@@ -24,7 +24,8 @@ FORMAT = "refseg-train-checkpoint/1"
 def save_atomic(path: Path, state: dict[str, Any]) -> None:
     """``torch.save`` ``state`` to ``path`` through a temporary file in the same folder and
     an atomic rename: a reader (or a crash) never sees half a checkpoint. The file's mode
-    follows the umask."""
+    follows the umask. (Not :func:`refseg.fileio.write_atomic`, which takes bytes: this
+    streams, so a large checkpoint is never held twice in memory.)"""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
