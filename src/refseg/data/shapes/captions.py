@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from itertools import count
 
 import numpy as np
@@ -20,7 +21,7 @@ from PIL import Image
 
 from refseg.data.shapes.config import ShapesConfig
 from refseg.data.shapes.expressions import noun_phrase
-from refseg.data.shapes.programs import Filter, related_pairs
+from refseg.data.shapes.programs import SIDES, Filter, on_side, related_pairs
 from refseg.data.shapes.render import render_object_crop
 from refseg.data.shapes.scene import Scene, ShapeObject, sample_scene, scene_rng
 from refseg.data.shapes.words import (
@@ -28,6 +29,7 @@ from refseg.data.shapes.words import (
     CONJUNCTION,
     NUMBER_WORDS,
     OBJECT_CAPTION_TEMPLATES,
+    POSITION_PHRASES,
     RELATION_PHRASES,
     caption_vocabulary,
     with_article,
@@ -35,10 +37,12 @@ from refseg.data.shapes.words import (
 from refseg.errors import InputError
 
 __all__ = [
+    "TrainingPair",
     "caption_vocabulary",
     "object_caption",
     "sample_training_pairs",
     "scene_captions",
+    "training_pair",
 ]
 
 _OBJECT_SIZE_PROB = 0.2  # size words are rare in crop captions: a resized crop hides size
@@ -65,12 +69,24 @@ def _object_phrase(obj: ShapeObject, rng: np.random.Generator, with_size: bool) 
     return with_article(noun_phrase(flt, rng))
 
 
-def scene_captions(scene: Scene, rng: np.random.Generator) -> list[str]:
-    """Whole-scene captions: objects grouped and counted, objects with sizes, a relation.
+def _position_caption(scene: Scene, rng: np.random.Generator) -> str | None:
+    """ "a red circle on the left" for a random object clearly in some half, if any."""
+    placed = [(i, side) for i in range(len(scene)) for side in SIDES if on_side(scene, i, side)[0]]
+    if not placed:
+        return None
+    i, side = placed[int(rng.integers(len(placed)))]
+    return f"{_object_phrase(scene.objects[i], rng, False)} {_choice(POSITION_PHRASES[side], rng)}"
+
+
+def scene_captions(scene: Scene, rng: np.random.Generator, *, positions: bool = False) -> list[str]:
+    """Whole-scene captions: objects grouped and counted, objects with sizes, a relation,
+    and with ``positions`` one object's half of the image.
 
     E.g. "two red circles and a blue square", "a picture of a large red circle and a small
-    blue square", "a green star left of a yellow triangle" (the last only when some pair is
-    clearly related). Object order is random.
+    blue square", "a green star left of a yellow triangle" (only when some pair is clearly
+    related), "a red circle on the left" (only with ``positions``, when some object is
+    clearly in one half). Object order is random. ``positions=False`` draws exactly what
+    earlier versions drew from ``rng`` (the shipped models' training stream).
     """
     groups = Counter((obj.shape, obj.color) for obj in scene.objects)
     keys = list(groups)
@@ -87,6 +103,9 @@ def scene_captions(scene: Scene, rng: np.random.Generator) -> list[str]:
         target = _object_phrase(scene.objects[i], rng, same)
         anchor = _object_phrase(scene.objects[j], rng, same)
         captions.append(f"{target} {_choice(RELATION_PHRASES[relation], rng)} {anchor}")
+    position = _position_caption(scene, rng) if positions else None
+    if position is not None:
+        captions.append(position)
     return [_choice(CAPTION_PREFIXES, rng) + caption for caption in captions]
 
 
@@ -96,6 +115,49 @@ def object_caption(obj: ShapeObject, rng: np.random.Generator) -> str:
     return _choice(OBJECT_CAPTION_TEMPLATES, rng).format(a=phrase)
 
 
+@dataclass(frozen=True)
+class TrainingPair:
+    """One training pair and where it came from.
+
+    ``crop`` is the index of the cropped object for a crop/object-caption pair, ``None`` for
+    a whole-scene pair; ``scene`` lets a caption be checked against the picture (hard
+    negatives, :mod:`.negatives`).
+    """
+
+    image: Image.Image
+    caption: str
+    scene: Scene
+    crop: int | None
+
+
+def _check_pair_options(crop_fraction: float) -> None:
+    if not 0.0 <= crop_fraction <= 1.0:
+        raise InputError(f"crop_fraction must lie in [0, 1]; got {crop_fraction}")
+
+
+def training_pair(
+    seed: int,
+    index: int,
+    *,
+    config: ShapesConfig | None = None,
+    crop_fraction: float = _CROP_FRACTION,
+    crop_size: int | None = None,
+    positions: bool = False,
+) -> TrainingPair:
+    """Pair ``index`` of :func:`sample_training_pairs`, a pure function of ``(seed, index)``
+    (for map-style datasets)."""
+    config = config or ShapesConfig()
+    _check_pair_options(crop_fraction)
+    rng = scene_rng(seed, index, stream="training")
+    scene = sample_scene(rng, config)
+    if rng.random() < crop_fraction:
+        k = int(rng.integers(len(scene)))
+        crop = render_object_crop(scene, k, crop_size or config.image_size)
+        return TrainingPair(crop, object_caption(scene.objects[k], rng), scene, k)
+    caption = _choice(scene_captions(scene, rng, positions=positions), rng)
+    return TrainingPair(scene.pil_image(), caption, scene, None)
+
+
 def sample_training_pairs(
     seed: int,
     n: int | None = None,
@@ -103,27 +165,28 @@ def sample_training_pairs(
     config: ShapesConfig | None = None,
     crop_fraction: float = _CROP_FRACTION,
     crop_size: int | None = None,
+    positions: bool = False,
 ) -> Iterator[tuple[Image.Image, str]]:
     """Stream ``(RGB image, caption)`` pairs, one fresh scene per pair; endless if ``n=None``.
 
     Each pair is a crop/object-caption pair with probability ``crop_fraction``, else a
-    scene/scene-caption pair. Pair ``i`` depends only on ``(seed, i)``, and the scenes come
-    from the "training" random stream, so they never coincide with a dataset written by
-    :func:`write_shapesref` with the same seed. Crops are ``crop_size`` square (default: the
-    scene size).
+    scene/scene-caption pair. Pair ``i`` depends only on ``(seed, i)`` (it is
+    :func:`training_pair`), and the scenes come from the "training" random stream, so they
+    never coincide with a dataset written by :func:`write_shapesref` with the same seed.
+    Crops are ``crop_size`` square (default: the scene size). ``positions`` adds position
+    captions to the scene captions drawn from (see :func:`scene_captions`).
     """
-    config = config or ShapesConfig()
     if n is not None and n < 0:
         raise InputError(f"n must be >= 0 or None; got {n}")
-    if not 0.0 <= crop_fraction <= 1.0:
-        raise InputError(f"crop_fraction must lie in [0, 1]; got {crop_fraction}")
-    size = crop_size or config.image_size
+    _check_pair_options(crop_fraction)
     indices = count() if n is None else range(n)
     for index in indices:
-        rng = scene_rng(seed, index, stream="training")
-        scene = sample_scene(rng, config)
-        if rng.random() < crop_fraction:
-            k = int(rng.integers(len(scene)))
-            yield render_object_crop(scene, k, size), object_caption(scene.objects[k], rng)
-        else:
-            yield scene.pil_image(), _choice(scene_captions(scene, rng), rng)
+        pair = training_pair(
+            seed,
+            index,
+            config=config,
+            crop_fraction=crop_fraction,
+            crop_size=crop_size,
+            positions=positions,
+        )
+        yield pair.image, pair.caption

@@ -220,6 +220,29 @@ def clearly_related(scene: Scene, i: int, j: int, relation: str) -> bool:
     return gain >= scene.config.position_margin and gain >= abs(across[i] - across[j])
 
 
+def possibly_related(scene: Scene, i: int, j: int, relation: str) -> bool:
+    """Object ``i`` lies even slightly ``relation`` of object ``j`` (the *possible* reading).
+
+    A relation that is not even possible is clearly false: what caption negatives need.
+    """
+    along = _along(scene, relation)
+    return along[i] > along[j]
+
+
+def on_side(scene: Scene, i: int, side: str) -> tuple[bool, bool]:
+    """``(clear, possible)``: object ``i`` lies in the ``side`` half of the image.
+
+    Clear: its centroid is at most ``0.5 - side_margin`` from that edge (as "on the left" in
+    :class:`AbsoluteProgram`). Possible: it is not clearly in the opposite half.
+    """
+    if side not in SIDES:
+        raise InputError(f"unknown side {side!r}; expected one of {SIDES}")
+    offset = 1.0 if side in ("right", "bottom") else 0.0
+    depth = offset - _along(scene, side)[i]  # 0 at the named edge, 1 at the opposite one
+    margin = scene.config.side_margin
+    return depth <= 0.5 - margin, depth < 0.5 + margin
+
+
 def related_pairs(scene: Scene) -> list[tuple[int, int, str]]:
     """Every ``(i, j, relation)`` with object ``i`` clearly ``relation`` of object ``j``."""
     count = len(scene.objects)

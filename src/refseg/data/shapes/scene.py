@@ -25,9 +25,9 @@ from refseg.data.shapes.render import (
 from refseg.data.shapes.words import COLORS, SHAPES
 from refseg.errors import InputError
 
-# Independent random streams per use, so dataset scenes and training scenes never coincide
+# Independent random streams per use, so dataset, training and probe scenes never coincide
 # even for the same seed.
-STREAMS: dict[str, int] = {"dataset": 0, "training": 1}
+STREAMS: dict[str, int] = {"dataset": 0, "training": 1, "probe": 2}
 _MAX_POOL = 4  # a scene uses at most this many distinct shapes (and colours)
 
 

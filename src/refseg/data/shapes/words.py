@@ -59,6 +59,14 @@ RELATION_PHRASES: dict[str, tuple[str, ...]] = {
     "below": ("below", "under", "beneath"),
 }
 
+# Position captions: "<object> <phrase>", the object lying in that half of the image.
+POSITION_PHRASES: dict[str, tuple[str, ...]] = {
+    "left": ("on the left",),
+    "right": ("on the right",),
+    "top": ("at the top",),
+    "bottom": ("at the bottom",),
+}
+
 # Whole-scene captions.
 NUMBER_WORDS: tuple[str, ...] = ("one", "two", "three", "four", "five", "six")
 CAPTION_PREFIXES: tuple[str, ...] = ("", "a picture of ", "an image of ", "a scene with ")
@@ -102,6 +110,7 @@ def caption_vocabulary() -> list[str]:
         *OBJECT_CAPTION_TEMPLATES,
         *(t for forms in ABSOLUTE_TEMPLATES.values() for t in forms),
         *(t for forms in RELATION_PHRASES.values() for t in forms),
+        *(t for forms in POSITION_PHRASES.values() for t in forms),
     ]
     for template in templates:
         words.update(template_words(template))
