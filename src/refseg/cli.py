@@ -17,7 +17,17 @@ from refseg import __version__
 from refseg.errors import RefsegError
 
 # Sub-command modules under refseg.commands, in the order `refseg --help` lists them.
-COMMAND_MODULES = ("segment", "data", "train", "score", "eval", "merge", "report", "serve")
+COMMAND_MODULES = (
+    "segment",
+    "data",
+    "train",
+    "score",
+    "eval",
+    "probe",
+    "merge",
+    "report",
+    "serve",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
