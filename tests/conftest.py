@@ -13,6 +13,8 @@ Fixtures:
     tiny_clip / tiny_rn_clip: random-weight :class:`CLIP` in eval mode, every parameter and
         BatchNorm statistic perturbed so that any mix-up of weights changes the outputs.
     tiny_clip_dir: ``tiny_clip`` written with :func:`save_clip` (``load_clip(dir)`` loads it).
+    shapes_scene: ``f(*(shape, colour, size, x, y)) -> Scene``, a hand-made ShapesRef scene of
+        10x10 squares centred at the given fractions of a 100 px image (known centroids).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from tokenizers import Tokenizer, pre_tokenizers, trainers
@@ -35,6 +38,7 @@ from refseg.clip.tokenizer import (
     clip_normalizer,
     clip_pre_tokenizer,
 )
+from refseg.data.shapes import Scene, ShapeObject
 
 # Tiny models gain nothing from intra-op threads, and on a shared CPU each multi-threaded op
 # waits for its sibling threads to be scheduled (a 1x1 conv: ~50 ms with 2 busy threads versus
@@ -189,3 +193,25 @@ def tiny_rn_clip(tiny_rn_config) -> CLIP:
 @pytest.fixture
 def tiny_clip_dir(tmp_path, tiny_clip, tiny_tokenizer) -> Path:
     return save_clip(tiny_clip, tiny_tokenizer, tmp_path / "tiny-vit")
+
+
+def _shapes_scene(*objects: tuple[str, str, str, float, float]) -> Scene:
+    size = 100
+    masks, placed = [], []
+    for shape, color, size_name, x, y in objects:
+        mask = np.zeros((size, size), dtype=bool)
+        cx, cy = round(x * size), round(y * size)
+        mask[cy - 5 : cy + 5, cx - 5 : cx + 5] = True
+        masks.append(mask)
+        placed.append(ShapeObject(shape, color, size_name, (cx, cy), 10.0, 0.0, (0, 0, 0)))
+    return Scene(
+        objects=tuple(placed),
+        image=np.zeros((size, size, 3), dtype=np.uint8),
+        masks=np.stack(masks),
+        full_areas=np.full(len(objects), 100, dtype=np.int64),
+    )
+
+
+@pytest.fixture
+def shapes_scene() -> Callable[..., Scene]:
+    return _shapes_scene

@@ -23,26 +23,6 @@ from refseg.data.shapes.negatives import (
 from refseg.data.shapes.scene import Scene, sample_scene, scene_rng
 from refseg.data.shapes.words import SHAPE_NOUNS, SIZE_WORDS
 
-SIZE = 100
-
-
-def _scene(*objects: tuple[str, str, str, float, float]) -> Scene:
-    """Objects ``(shape, colour, size, x, y)`` as 10x10 squares centred at (x, y) fractions."""
-    masks, placed = [], []
-    for shape, color, size, x, y in objects:
-        mask = np.zeros((SIZE, SIZE), dtype=bool)
-        cx, cy = round(x * SIZE), round(y * SIZE)
-        mask[cy - 5 : cy + 5, cx - 5 : cx + 5] = True
-        masks.append(mask)
-        placed.append(ShapeObject(shape, color, size, (cx, cy), 10.0, 0.0, (0, 0, 0)))
-    return Scene(
-        objects=tuple(placed),
-        image=np.zeros((SIZE, SIZE, 3), dtype=np.uint8),
-        masks=np.stack(masks),
-        full_areas=np.full(len(objects), 100, dtype=np.int64),
-    )
-
-
 # --------------------------------------------------------------- independent reading (oracle)
 
 _SHAPE = {noun: shape for shape, nouns in SHAPE_NOUNS.items() for noun in nouns}
@@ -91,8 +71,8 @@ def _clearly_false(caption, scene: Scene) -> bool:
 # --------------------------------------------------------------- hand-made scenes
 
 
-def test_relation_negatives_on_a_hand_made_scene():
-    scene = _scene(("circle", "red", "small", 0.2, 0.5), ("star", "blue", "large", 0.8, 0.5))
+def test_relation_negatives_on_a_hand_made_scene(shapes_scene):
+    scene = shapes_scene(("circle", "red", "small", 0.2, 0.5), ("star", "blue", "large", 0.8, 0.5))
     caption = parse_caption("a picture of a red disk to the left of a blue star")
     assert isinstance(caption, RelationCaption) and truth(caption, scene) is True
     negatives = {n.text: n.kind for n in hard_negatives(caption.text, scene)}
@@ -105,9 +85,9 @@ def test_relation_negatives_on_a_hand_made_scene():
     assert truth(parse_caption("a red circle right of a blue star"), scene) is False
 
 
-def test_a_negative_true_through_another_object_is_dropped():
+def test_a_negative_true_through_another_object_is_dropped(shapes_scene):
     # Two red circles, one on each side of the star: swapping the relation stays true.
-    scene = _scene(
+    scene = shapes_scene(
         ("circle", "red", "small", 0.2, 0.5),
         ("star", "blue", "small", 0.5, 0.5),
         ("circle", "red", "small", 0.8, 0.5),
@@ -118,16 +98,16 @@ def test_a_negative_true_through_another_object_is_dropped():
     assert texts == ["a blue circle left of a red star"]
 
 
-def test_ties_are_never_negatives():
-    scene = _scene(("circle", "red", "small", 0.2, 0.5), ("star", "red", "small", 0.8, 0.5))
+def test_ties_are_never_negatives(shapes_scene):
+    scene = shapes_scene(("circle", "red", "small", 0.2, 0.5), ("star", "red", "small", 0.8, 0.5))
     # Same colour: swapping colours says the same thing.
     assert hard_negatives("a red circle and a red star", scene) == []
     caption = parse_caption("a red star and a red circle")
     assert meaning(caption) == meaning(parse_caption("an image of a red disk and a red star"))
 
 
-def test_borderline_relations_and_sides_are_neither_true_nor_false():
-    scene = _scene(("circle", "red", "small", 0.47, 0.2), ("star", "blue", "small", 0.5, 0.8))
+def test_borderline_relations_and_sides_are_neither_true_nor_false(shapes_scene):
+    scene = shapes_scene(("circle", "red", "small", 0.47, 0.2), ("star", "blue", "small", 0.5, 0.8))
     assert truth(parse_caption("a red circle left of a blue star"), scene) is None
     assert truth(parse_caption("a blue star right of a red circle"), scene) is None
     assert truth(parse_caption("a red circle above a blue star"), scene) is True
@@ -142,8 +122,8 @@ def test_borderline_relations_and_sides_are_neither_true_nor_false():
     ]
 
 
-def test_counted_mentions_need_distinct_objects():
-    scene = _scene(("circle", "red", "small", 0.2, 0.2), ("circle", "red", "large", 0.8, 0.8))
+def test_counted_mentions_need_distinct_objects(shapes_scene):
+    scene = shapes_scene(("circle", "red", "small", 0.2, 0.2), ("circle", "red", "large", 0.8, 0.8))
     assert truth(parse_caption("two red circles"), scene) is True
     assert truth(parse_caption("three red circles"), scene) is False
     assert truth(parse_caption("a big red circle and a little red disk"), scene) is True
@@ -156,8 +136,8 @@ def test_counted_mentions_need_distinct_objects():
     "text",
     ["a red", "a red circle left of", "two red circle", "the red circle", "a red circle on top"],
 )
-def test_text_outside_the_grammar_gives_no_negatives(text):
-    scene = _scene(("circle", "red", "small", 0.2, 0.5), ("star", "blue", "small", 0.8, 0.5))
+def test_text_outside_the_grammar_gives_no_negatives(text, shapes_scene):
+    scene = shapes_scene(("circle", "red", "small", 0.2, 0.5), ("star", "blue", "small", 0.8, 0.5))
     assert parse_caption(text) is None
     assert hard_negatives(text, scene) == []
 
@@ -195,8 +175,8 @@ def test_every_negative_is_clearly_false_for_its_scene():
     assert all(count >= 10 for count in kinds.values()), kinds
 
 
-def test_limit_and_shuffle_are_deterministic():
-    scene = _scene(
+def test_limit_and_shuffle_are_deterministic(shapes_scene):
+    scene = shapes_scene(
         ("circle", "red", "small", 0.2, 0.5),
         ("star", "blue", "large", 0.8, 0.5),
         ("cross", "green", "medium", 0.5, 0.1),

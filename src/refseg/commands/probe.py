@@ -54,10 +54,11 @@ def run(args: argparse.Namespace) -> int:
     result = run_probe(clip, args.seed, args.scenes, progress=not args.quiet)
     print(f"{result.clip}: {args.scenes} probe scenes, seed {args.seed} (50% = chance)")
     for kind, count in result.counts.items():
+        equal = f" ({count.equal_scores} equal, half each)" if count.equal_scores else ""
         print(
-            f"  {kind:<9} {100 * count.accuracy:5.1f}%  {count.hits}/{count.scored} right; "
-            f"left out: {count.ties} ties, {count.not_false} not clearly false, "
-            f"{count.absent} scenes without a candidate"
+            f"  {kind:<9} {100 * count.accuracy:5.1f}%  {count.hits}/{count.scored} right{equal}; "
+            f"left out: {count.ties} ties, {count.not_false} not clearly false "
+            f"({count.absent} scenes without a candidate)"
         )
     if args.json:
         write_json_atomic(args.json, result.to_dict(), indent=2)

@@ -64,14 +64,15 @@ class ProbeCount:
     pairs only."""
 
     scored: int = 0
-    hits: int = 0
+    hits: int = 0  # image strictly closer to the true caption
+    equal_scores: int = 0  # exactly as close to both (a bag-of-words encoder): half a hit
     ties: int = 0
     not_false: int = 0
     absent: int = 0  # scenes without any candidate (e.g. no clearly related pair)
 
     @property
     def accuracy(self) -> float:
-        return self.hits / self.scored if self.scored else float("nan")
+        return (self.hits + self.equal_scores / 2) / self.scored if self.scored else float("nan")
 
 
 @dataclass
@@ -152,8 +153,8 @@ def probe_pairs(scene: Scene) -> tuple[list[ProbePair], dict[str, Counter[str]]]
 
 
 @torch.inference_mode()
-def prefers_positive(clip: LoadedClip, scene: Scene, pairs: list[ProbePair]) -> list[bool]:
-    """For each pair, whether the image is strictly closer to the true caption."""
+def pair_margins(clip: LoadedClip, scene: Scene, pairs: list[ProbePair]) -> list[float]:
+    """For each pair, cosine(image, true caption) - cosine(image, false caption)."""
     if not pairs:
         return []
     pixels = clip.preprocess(scene.pil_image(), mode="squash")[None]
@@ -161,7 +162,7 @@ def prefers_positive(clip: LoadedClip, scene: Scene, pairs: list[ProbePair]) -> 
     texts = [t for pair in pairs for t in (pair.positive, pair.negative)]
     text = F.normalize(clip.encode_texts(texts).float(), dim=-1)
     sims = (text @ image[0]).view(len(pairs), 2)
-    return [bool(s[0] > s[1]) for s in sims]
+    return (sims[:, 0] - sims[:, 1]).tolist()
 
 
 def run_probe(
@@ -184,7 +185,9 @@ def run_probe(
             count.ties += outcome[TIE]
             count.not_false += outcome[NOT_FALSE]
             count.absent += not outcome
-        for pair, hit in zip(pairs, prefers_positive(clip, scene, pairs), strict=True):
-            result.counts[pair.kind].scored += 1
-            result.counts[pair.kind].hits += hit
+        for pair, margin in zip(pairs, pair_margins(clip, scene, pairs), strict=True):
+            count = result.counts[pair.kind]
+            count.scored += 1
+            count.hits += margin > 0
+            count.equal_scores += margin == 0
     return result
