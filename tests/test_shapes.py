@@ -35,6 +35,7 @@ from refseg.data.shapes import (
     scene_captions,
     scene_rng,
     split_of,
+    training_pair,
     write_shapesref,
 )
 from refseg.data.shapes.render import place_outline, polygon_mask
@@ -270,6 +271,25 @@ def test_training_pairs_are_deterministic_and_mixed():
     assert all(image.size == (32, 32) for image, _ in only_crops)
     with pytest.raises(InputError):
         next(sample_training_pairs(seed=4, n=1, crop_fraction=1.5))
+
+
+def test_training_pair_is_the_streams_pair_and_position_captions_are_opt_in():
+    stream = list(sample_training_pairs(seed=4, n=8, crop_fraction=0.3))
+    positions = []
+    for index, (image, caption) in enumerate(stream):
+        pair = training_pair(4, index, crop_fraction=0.3)
+        assert pair.caption == caption and pair.image.tobytes() == image.tobytes()
+        assert (pair.crop is None) == np.array_equal(np.asarray(image), pair.scene.image)
+        # with positions the scene is the same; only the scene captions drawn from grow
+        placed = training_pair(4, index, crop_fraction=0.3, positions=True)
+        assert np.array_equal(placed.scene.image, pair.scene.image)
+        if pair.crop is None:
+            rng = scene_rng(4, index, "training")
+            sample_scene(rng)
+            rng.random()
+            captions = scene_captions(pair.scene, rng, positions=True)
+            positions += [c for c in captions if c.endswith(("left", "right", "top", "bottom"))]
+    assert positions and all(set(c.split()) <= set(caption_vocabulary()) for c in positions)
 
 
 def test_vocabulary_is_sorted_unique_words():

@@ -3,7 +3,8 @@
 Scenes of 2-6 shapes (7 categories, 7 colours, 3 sizes) on textured backgrounds, with
 visible-pixel instance masks, unambiguous referring expressions of four kinds (attribute,
 comparative, absolute, relational; each checked by evaluating its program against the scene),
-captions and crops for training a tiny CLIP, and a writer in the ``refer`` layout.
+captions and crops for training a tiny CLIP (with hard negatives checked false for their
+scene, :mod:`.negatives`), and a writer in the ``refer`` layout.
 
 Typical use::
 
@@ -13,10 +14,12 @@ Typical use::
 """
 
 from refseg.data.shapes.captions import (
+    TrainingPair,
     caption_vocabulary,
     object_caption,
     sample_training_pairs,
     scene_captions,
+    training_pair,
 )
 from refseg.data.shapes.config import ShapesConfig
 from refseg.data.shapes.expressions import Expression, referring_expressions
@@ -60,6 +63,7 @@ __all__ = [
     "ShapeObject",
     "ShapesConfig",
     "ShapesRefSummary",
+    "TrainingPair",
     "caption_vocabulary",
     "evaluate",
     "generate_image",
@@ -75,5 +79,6 @@ __all__ = [
     "scene_captions",
     "scene_rng",
     "split_of",
+    "training_pair",
     "write_shapesref",
 ]
