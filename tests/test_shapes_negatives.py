@@ -18,6 +18,7 @@ from refseg.data.shapes.negatives import (
     hard_negatives,
     meaning,
     parse_caption,
+    sample_pairs_with_negatives,
     truth,
 )
 from refseg.data.shapes.scene import Scene, sample_scene, scene_rng
@@ -187,3 +188,16 @@ def test_limit_and_shuffle_are_deterministic(shapes_scene):
     one = hard_negatives(text, scene, np.random.default_rng(0), limit=2)
     assert one == hard_negatives(text, scene, np.random.default_rng(0), limit=2)
     assert len(one) == 2 and set(one) <= set(every)
+
+
+def test_stream_with_negatives_keeps_the_plain_pairs():
+    stream = list(sample_pairs_with_negatives(2, 12, limit=2, crop_fraction=0.3))
+    assert stream == list(sample_pairs_with_negatives(2, 12, limit=2, crop_fraction=0.3))
+    with_any = 0
+    for index, (image, caption, negatives) in enumerate(stream):
+        pair = training_pair(2, index, positions=True, crop_fraction=0.3)
+        assert caption == pair.caption and image.tobytes() == pair.image.tobytes()
+        assert len(negatives) <= 2 and (pair.crop is None or negatives == [])
+        assert all(truth(parse_caption(text), pair.scene) is False for text in negatives)
+        with_any += bool(negatives)
+    assert with_any >= 3

@@ -22,21 +22,26 @@ Captions are parsed (:func:`parse_caption`) from the finite grammar of :mod:`.ca
 (its lexicon is :mod:`.words`) into :class:`ListCaption`, :class:`RelationCaption` or
 :class:`PositionCaption`, so negatives keep the caption's wording (prefix, synonyms).
 
-Typical use (a training sample with its negatives)::
+Typical use: :func:`sample_pairs_with_negatives` streams ``(image, caption, negatives)``;
+by hand, for one training pair::
 
-    pair = training_pair(seed, index)
+    pair = training_pair(seed, index, positions=True)
     negatives = hard_negatives(pair.caption, pair.scene, rng, limit=3) if pair.crop is None else []
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from itertools import combinations
 
 import numpy as np
+from PIL import Image
 
+from refseg.data.shapes.captions import training_pair
+from refseg.data.shapes.config import ShapesConfig
 from refseg.data.shapes.programs import Filter, clearly_related, on_side, possibly_related
-from refseg.data.shapes.scene import Scene, ShapeObject
+from refseg.data.shapes.scene import Scene, ShapeObject, scene_rng
 from refseg.data.shapes.words import (
     CAPTION_PREFIXES,
     COLORS,
@@ -384,3 +389,31 @@ def hard_negatives(
     if rng is not None:
         found = [found[int(i)] for i in rng.permutation(len(found))]
     return found if limit is None else found[:limit]
+
+
+def sample_pairs_with_negatives(
+    seed: int,
+    n: int,
+    *,
+    limit: int = 3,
+    positions: bool = True,
+    crop_fraction: float = 0.5,
+    config: ShapesConfig | None = None,
+) -> Iterator[tuple[Image.Image, str, list[str]]]:
+    """``(image, caption, hard negative texts)`` for pairs ``0..n-1`` of
+    :func:`~refseg.data.shapes.captions.training_pair` (a NegCLIP training stream).
+
+    Scene pairs get up to ``limit`` negatives, drawn with the "negatives" random stream of
+    ``(seed, index)`` so the pairs themselves are those of the plain stream; crops get none.
+    """
+    if n < 0 or limit < 0:
+        raise InputError(f"n and limit must be >= 0; got {n}, {limit}")
+    for index in range(n):
+        pair = training_pair(
+            seed, index, config=config, crop_fraction=crop_fraction, positions=positions
+        )
+        negatives: list[Negative] = []
+        if pair.crop is None and limit:
+            rng = scene_rng(seed, index, stream="negatives")
+            negatives = hard_negatives(pair.caption, pair.scene, rng, limit)
+        yield pair.image, pair.caption, [negative.text for negative in negatives]

@@ -26,8 +26,8 @@ from refseg.data.shapes.words import COLORS, SHAPES
 from refseg.errors import InputError
 
 # Independent random streams per use, so dataset, training and probe scenes never coincide
-# even for the same seed.
-STREAMS: dict[str, int] = {"dataset": 0, "training": 1, "probe": 2}
+# even for the same seed ("negatives" draws hard negatives for training pairs).
+STREAMS: dict[str, int] = {"dataset": 0, "training": 1, "probe": 2, "negatives": 3}
 _MAX_POOL = 4  # a scene uses at most this many distinct shapes (and colours)
 
 
