@@ -16,30 +16,46 @@ from collections.abc import Sequence
 from refseg import __version__
 from refseg.errors import RefsegError
 
-# Sub-command modules under refseg.commands, in the order `refseg --help` lists them.
-COMMAND_MODULES = (
-    "segment",
-    "data",
-    "train",
-    "score",
-    "eval",
-    "probe",
-    "merge",
-    "report",
-    "serve",
-)
+# Sub-command modules under refseg.commands, in the order `refseg --help` lists them, with
+# their one-line help (each module's add_parser says the same; a test keeps them equal). The
+# table lets `refseg --help` list every command without importing its module: some pull in
+# torch, which costs seconds.
+COMMANDS: dict[str, str] = {
+    "segment": "segment the object each expression describes",
+    "data": "generate or prepare datasets",
+    "train": "train models",
+    "score": "score a predictions file (oIoU, mIoU, precision@X)",
+    "eval": "evaluate a method on a dataset split (resumable, shardable, sweeps)",
+    "probe": "does a CLIP read relations, attribute binding and positions? (ShapesRef)",
+    "merge": "combine the shards of a refseg eval run",
+    "report": "HTML report (plots, gallery) of eval runs; several runs side by side",
+    "serve": "run the web service and browser page",
+}
+COMMAND_MODULES = tuple(COMMANDS)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The ``refseg`` parser.
+
+    Given the command line, only the command it names is built in full; the others are
+    listed by their one-line help, so ``refseg --help`` starts without importing torch.
+    Without ``argv`` every command is built (for tests and documentation).
+    """
     parser = argparse.ArgumentParser(
-        prog="refseg", description="Referring image segmentation: segment what you describe."
+        prog="refseg",
+        description="Referring image segmentation: segment what you describe.",
+        epilog="Run `refseg COMMAND --help` for a command's options, defaults and examples.",
     )
     parser.add_argument("--version", action="version", version=f"refseg {__version__}")
     parser.add_argument(
         "--debug", action="store_true", help="show full tracebacks instead of one-line errors"
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
+    wanted = None if argv is None else _named_command(argv)
+    for name, help_text in COMMANDS.items():
+        if argv is not None and name != wanted:
+            subparsers.add_parser(name, help=help_text)
+            continue
         try:
             module = importlib.import_module(f"refseg.commands.{name}")
         except ModuleNotFoundError as exc:
@@ -48,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
             raise
         module.add_parser(subparsers)
     return parser
+
+
+def _named_command(argv: Sequence[str]) -> str | None:
+    """The sub-command a command line names: its first word that is not an option."""
+    return next((word for word in argv if not word.startswith("-")), None)
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
@@ -72,7 +93,8 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 
 def main(argv: Sequence[str] | None = None) -> int:
     warnings.showwarning = _one_line_warning
-    parser = build_parser()
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(arguments)
     args = parse_args(parser, argv)
     if not getattr(args, "func", None):
         parser.print_help()
