@@ -1,16 +1,15 @@
 """``load_clip``: a name, a checkpoint file or a checkpoint directory in, a ready model out.
 
-Formats: OpenAI TorchScript ``.pt`` archives, OpenAI/open_clip state dicts (``.pt``,
-``.pth``, ``.bin``, ``.safetensors``), Hugging Face CLIP directories, and refseg's own
-safetensors (config in the metadata). Loading is ``strict``: every missing or unexpected
-key is reported.
+Formats: OpenAI TorchScript ``.pt`` archives (tensors only: their code never runs),
+OpenAI/open_clip state dicts (``.pt``, ``.pth``, ``.bin``, ``.safetensors``), Hugging Face
+CLIP directories, and refseg's own safetensors (config in the metadata). Loading is
+``strict``: every missing or unexpected key is reported.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import zipfile
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
@@ -24,6 +23,7 @@ from refseg.clip.hub import HUB_CHECKPOINTS, download_checkpoint, download_token
 from refseg.clip.loaded import LoadedClip
 from refseg.clip.model import CLIP
 from refseg.clip.tokenizer import ClipTokenizer
+from refseg.clip.torchscript import is_torchscript_archive, read_torchscript_tensors
 from refseg.errors import CheckpointFormatError, CheckpointNotFoundError
 
 REFSEG_FORMAT = "refseg-clip"
@@ -68,16 +68,9 @@ def read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]
 
 
 def _torch_load(path: Path) -> Any:
-    is_torchscript = False
-    if zipfile.is_zipfile(path):
-        try:
-            with zipfile.ZipFile(path) as archive:
-                is_torchscript = any(n.endswith("constants.pkl") for n in archive.namelist())
-        except zipfile.BadZipFile:
-            pass
+    if is_torchscript_archive(path):
+        return read_torchscript_tensors(path)  # never torch.jit.load: it runs archive code
     try:
-        if is_torchscript:
-            return torch.jit.load(str(path), map_location="cpu").state_dict()
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises RuntimeError/UnpicklingError/EOFError/...
         raise CheckpointFormatError(
