@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import json
+import pickle
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 from refseg.cli import main
 from refseg.clip import load_clip
-from refseg.errors import CheckpointFormatError
+from refseg.errors import CheckpointFormatError, InputError
+from refseg.masks import MaskFormatError, decode_rle, decode_segmentation, encode_rle
 
 # --- 1. TorchScript checkpoints never run code -------------------------------------------------
 
@@ -87,3 +97,149 @@ def test_torchscript_weights_read_without_running_code(tmp_path):
     assert torch.equal(state["visual.weight"], module.visual.weight.detach())
     assert torch.equal(state["visual.bias"], module.visual.bias.detach())
     assert not (tmp_path / "x").exists()
+
+
+# --- 2, 5, 6. Masks: polygons, RLE counts and declared sizes are checked before decoding ------
+
+HOSTILE_SCRIPT = """
+import json, sys
+from refseg.cli import main
+codes = [main(args) for args in json.loads(sys.argv[1])]
+print(json.dumps(codes))
+"""
+
+
+def _run_isolated(argvs: list[list[str]], timeout: float = 120) -> tuple[list[int], str]:
+    """Run ``refseg`` argument lists in a child process (a segfault or hang cannot take pytest
+    down): the exit status of each, and stderr."""
+    completed = subprocess.run(
+        [sys.executable, "-c", HOSTILE_SCRIPT, json.dumps(argvs)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert completed.returncode == 0, (completed.returncode, completed.stderr[-2000:])
+    return json.loads(completed.stdout.strip().splitlines()[-1]), completed.stderr
+
+
+def _write_refer(root: Path, segmentation, size=(8, 10)) -> Path:
+    """A one-image, one-expression refcoco-layout dataset whose only mask is ``segmentation``."""
+    folder = root / "refcoco"
+    folder.mkdir(parents=True)
+    refs = [
+        {
+            "ref_id": 1,
+            "ann_id": 7,
+            "image_id": 1,
+            "split": "val",
+            "category_id": 1,
+            "sentences": [{"sent_id": 3, "raw": "the thing", "sent": "the thing"}],
+        }
+    ]
+    (folder / "refs(unc).p").write_bytes(pickle.dumps(refs))
+    height, width = size
+    instances = {
+        "images": [{"id": 1, "height": height, "width": width, "file_name": "1.png"}],
+        "annotations": [{"id": 7, "image_id": 1, "category_id": 1, "segmentation": segmentation}],
+        "categories": [{"id": 1, "name": "thing"}],
+    }
+    (folder / "instances.json").write_text(json.dumps(instances))
+    return root
+
+
+def _score_args(root: Path, tmp_path: Path) -> list[str]:
+    predictions = tmp_path / "pred.json"
+    mask = np.zeros((8, 10), bool)
+    mask[2:5, 2:6] = True
+    predictions.write_text(json.dumps([{"sent_id": 3, "segmentation": encode_rle(mask)}]))
+    return ["score", "--dataset", str(root), "--name", "refcoco", "--split", "val",
+            "--predictions", str(predictions)]  # fmt: skip
+
+
+@pytest.fixture
+def small_image(tmp_path) -> Path:
+    path = tmp_path / "scene.png"
+    Image.fromarray(np.full((24, 32, 3), 90, np.uint8)).save(path)
+    return path
+
+
+def _segment_args(image: Path, clip_dir: Path, proposals: Path, out: Path) -> list[str]:
+    return ["segment", str(image), "the thing", "--clip", str(clip_dir), "--proposals",
+            str(proposals), "--out", str(out), "--device", "cpu"]  # fmt: skip
+
+
+@pytest.mark.parametrize("coordinate", [1e12, -1e9])
+def test_hostile_polygons_exit_2_without_crash_or_hang(
+    coordinate, tmp_path, small_image, tiny_clip_dir
+):
+    polygon = [[1.0, 1.0, coordinate, 1.0, 5.0, 4.0, 1.0, 4.0]]
+    proposals = tmp_path / "props.json"
+    proposals.write_text(json.dumps([{"file_name": "scene.png", "segmentation": polygon}]))
+    root = _write_refer(tmp_path / "data", polygon)
+    start = time.perf_counter()
+    codes, err = _run_isolated(
+        [
+            _segment_args(small_image, tiny_clip_dir, proposals, tmp_path / "m.png"),
+            _score_args(root, tmp_path),
+        ]
+    )
+    assert codes == [2, 2], err
+    assert time.perf_counter() - start < 60
+    lines = [line for line in err.splitlines() if line.startswith("refseg: error:")]
+    assert len(lines) == 2 and all("far outside" in line for line in lines), err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "polygon, message",
+    [
+        ([[1, 1, float("nan"), 1, 5, 4]], "finite"),
+        ([[1, 1, "5", 1, 5, 4]], "numbers"),
+        ([[0, 0, 30, 0] * 200 + [0, 5]], "long"),  # zig-zag: long but inside the image
+    ],
+)
+def test_polygon_checks(polygon, message):
+    with pytest.raises(MaskFormatError, match=message):
+        decode_segmentation(polygon, 24, 32)
+
+
+def test_rle_counts_must_cover_the_mask_exactly(tmp_path):
+    mask = np.zeros((8, 10), bool)
+    mask[2:5, 2:6] = True
+    good = encode_rle(mask)
+    assert decode_rle(good).sum() == 12
+    short = {"size": [8, 10], "counts": encode_rle(mask[:, :9])["counts"]}  # 72 of 80 pixels
+    for rle in (
+        short,
+        {"size": [8, 10], "counts": [20, 12, 40]},
+        {"size": [8, 10], "counts": [90]},
+    ):
+        with pytest.raises(MaskFormatError, match="cover"):
+            decode_rle(rle)
+    # Scoring a prediction or a dataset mask with short counts is a user error, not noise.
+    predictions = tmp_path / "short.json"
+    predictions.write_text(json.dumps([{"sent_id": 3, "segmentation": short}]))
+    root = _write_refer(tmp_path / "data", good)
+    args = _score_args(root, tmp_path)
+    args[args.index("--predictions") + 1] = str(predictions)
+    assert main(args) == 2
+    bad_root = _write_refer(tmp_path / "bad", short)
+    assert main(_score_args(bad_root, tmp_path)) == 2
+
+
+def test_declared_sizes_are_checked_against_the_image(tmp_path, small_image, tiny_clip_dir, capsys):
+    from refseg.proposals.from_file import FileProposals
+
+    image = Image.open(small_image)
+    huge_rle = {"size": [60000, 60000], "counts": [60000 * 60000]}
+    images = [{"id": 1, "file_name": "scene.png", "height": 60000, "width": 60000}]
+    polygon = [[1.0, 1.0, 20.0, 1.0, 20.0, 20.0]]
+    for data in (
+        [{"image_id": 1, "segmentation": huge_rle}],
+        {"images": images, "annotations": [{"image_id": 1, "segmentation": polygon}]},
+    ):
+        with pytest.raises(InputError, match="declares 60000 x 60000"):
+            FileProposals(data=data)(image, image_key=1)
+    root = _write_refer(tmp_path / "data", polygon, size=(60000, 60000))
+    assert main(_score_args(root, tmp_path)) == 2
+    assert "declares 60000 x 60000" in capsys.readouterr().err

@@ -99,22 +99,149 @@ def encode_rle(mask: np.ndarray) -> dict[str, Any]:
     return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
+# Polygon vertices may lie this many image sides outside the image (COCO tools clip them);
+# beyond that a coordinate is garbage, and pycocotools crashes (1e12) or hangs (-1e9) on it.
+POLYGON_MARGIN = 1.0
+# pycocotools walks every polygon edge at 5x resolution: bound the total edge length, in
+# multiples of the image's height + width, so that a zig-zag cannot take unbounded time.
+POLYGON_PERIMETER_LIMIT = 64
+
+
+class MaskFormatError(ValueError):
+    """A segmentation (RLE or polygons) that must not be decoded; the message says why."""
+
+
+def rle_counts(counts: str | bytes) -> list[int]:
+    """The run lengths in COCO's compressed RLE string (pycocotools' ``rleFrString``)."""
+    data = counts.encode("ascii") if isinstance(counts, str) else bytes(counts)
+    runs: list[int] = []
+    position = 0
+    while position < len(data):
+        value, shift, more = 0, 0, True
+        while more:
+            if position >= len(data):
+                raise MaskFormatError("RLE counts string ends inside a number")
+            chunk = data[position] - 48
+            if not 0 <= chunk < 64:
+                raise MaskFormatError(f"RLE counts hold a byte outside '0'..'o': {data[position]}")
+            value |= (chunk & 0x1F) << shift
+            more = bool(chunk & 0x20)
+            position += 1
+            shift += 5
+            if not more and chunk & 0x10:
+                value |= -1 << shift
+        if len(runs) > 2:
+            value += runs[-2]
+        runs.append(value)
+    return runs
+
+
+def check_rle(rle: Any) -> tuple[int, int]:
+    """``(height, width)`` of a COCO RLE whose runs are non-negative and cover H x W exactly.
+
+    pycocotools leaves pixels past short counts uninitialised and writes past the mask for
+    long ones, so both are refused here, before decoding.
+
+    Raises:
+        MaskFormatError: malformed size or counts, or counts not summing to H x W.
+    """
+    size = rle.get("size") if isinstance(rle, dict) else None
+    if not (
+        isinstance(size, (list, tuple))
+        and len(size) == 2
+        and all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) for s in size)
+        and all(s > 0 for s in size)
+    ):
+        raise MaskFormatError(f"RLE 'size' must be [height, width] of positive integers: {size!r}")
+    height, width = int(size[0]), int(size[1])
+    counts = rle.get("counts")
+    if isinstance(counts, list):
+        if not all(isinstance(c, (int, np.integer)) and not isinstance(c, bool) for c in counts):
+            raise MaskFormatError("uncompressed RLE counts must be integers")
+        runs = [int(c) for c in counts]
+    elif isinstance(counts, (str, bytes, bytearray)):
+        try:
+            runs = rle_counts(counts)
+        except UnicodeEncodeError:
+            raise MaskFormatError("RLE counts must be ASCII") from None
+    else:
+        raise MaskFormatError(f"RLE 'counts' must be a string or a list; got {type(counts)}")
+    if any(run < 0 for run in runs):
+        raise MaskFormatError("RLE counts hold a negative run length")
+    total = sum(runs)
+    if total != height * width:
+        raise MaskFormatError(
+            f"RLE counts cover {total} pixels, not its size {height} x {width} = {height * width}"
+        )
+    return height, width
+
+
 def decode_rle(rle: dict[str, Any]) -> np.ndarray:
-    """Boolean mask ``[H, W]`` from a COCO RLE (compressed ``str``/``bytes`` or raw list counts)."""
-    height, width = (int(s) for s in rle["size"])
+    """Boolean mask ``[H, W]`` from a COCO RLE (compressed ``str``/``bytes`` or raw list counts).
+
+    Raises:
+        MaskFormatError: see :func:`check_rle`.
+    """
+    height, width = check_rle(rle)
     counts = rle["counts"]
     if isinstance(counts, list):
         rle = coco_mask.frPyObjects({"size": [height, width], "counts": counts}, height, width)
-    elif isinstance(counts, str):
-        rle = {"size": [height, width], "counts": counts.encode("ascii")}
+    else:
+        text = counts.encode("ascii") if isinstance(counts, str) else bytes(counts)
+        rle = {"size": [height, width], "counts": text}
     return coco_mask.decode(rle).astype(bool)
 
 
+def check_polygons(polygons: Any, height: int, width: int) -> None:
+    """Refuse polygons pycocotools must not see: non-numeric, non-finite, too far outside the
+    image (:data:`POLYGON_MARGIN`) or too long (:data:`POLYGON_PERIMETER_LIMIT`).
+
+    Raises:
+        MaskFormatError: the first problem found.
+    """
+    perimeter = 0.0
+    for polygon in polygons:
+        if not isinstance(polygon, list) or len(polygon) < 6 or len(polygon) % 2:
+            raise MaskFormatError("polygons must be lists of x, y pairs (>= 3 points)")
+        if not all(
+            isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+            for v in polygon
+        ):
+            raise MaskFormatError("polygon coordinates must be numbers")
+        points = np.asarray(polygon, dtype=np.float64).reshape(-1, 2)
+        if not np.isfinite(points).all():
+            raise MaskFormatError("polygon coordinates must be finite")
+        low = -POLYGON_MARGIN * np.array([width, height])
+        high = (1 + POLYGON_MARGIN) * np.array([width, height])
+        if (points < low).any() or (points > high).any():
+            bad = points[((points < low) | (points > high)).any(axis=1)][0]
+            raise MaskFormatError(
+                f"polygon point ({bad[0]:.6g}, {bad[1]:.6g}) is far outside the "
+                f"{width} x {height} image"
+            )
+        steps = np.abs(np.diff(np.vstack([points, points[:1]]), axis=0)).max(axis=1)
+        perimeter += float(steps.sum())
+    if perimeter > POLYGON_PERIMETER_LIMIT * (height + width):
+        raise MaskFormatError(
+            f"polygons are {perimeter:.0f} pixels long, more than "
+            f"{POLYGON_PERIMETER_LIMIT} x (height + width) of the {width} x {height} image"
+        )
+
+
 def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarray:
-    """Boolean mask from any COCO ``segmentation`` field: polygons, RLE or uncompressed RLE."""
+    """Boolean mask from any COCO ``segmentation`` field: polygons, RLE or uncompressed RLE.
+
+    Polygons are drawn at ``height x width``; an RLE carries its own size.
+
+    Raises:
+        MaskFormatError: see :func:`check_polygons` and :func:`check_rle`.
+    """
     if isinstance(segmentation, list):  # polygons
+        if height <= 0 or width <= 0:
+            raise MaskFormatError(f"cannot draw polygons on a {width} x {height} image")
         if not segmentation:
             return np.zeros((height, width), dtype=bool)
+        check_polygons(segmentation, height, width)
         rles = coco_mask.frPyObjects(segmentation, height, width)
         return coco_mask.decode(coco_mask.merge(rles)).astype(bool)
     return decode_rle(segmentation)

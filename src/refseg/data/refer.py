@@ -26,10 +26,12 @@ import numpy as np
 from PIL import Image
 
 from refseg.errors import DatasetError
-from refseg.image_io import load_image
-from refseg.masks import decode_segmentation
+from refseg.image_io import DECODE_PIXEL_LIMIT, load_image
+from refseg.masks import MaskFormatError, decode_segmentation
 
 README_HINT = 'see the "Datasets" section of the README'
+# Largest mask drawn for an ``images`` record: the largest image refseg opens.
+MAX_MASK_PIXELS = DECODE_PIXEL_LIMIT // 2
 
 # The split scheme ("splitBy") each dataset was published with (refer toolkit README).
 DEFAULT_SPLIT_BY: dict[str, str] = {
@@ -295,7 +297,7 @@ class ReferDataset(ImageDataset):
 
     def _build(self, image_id: int) -> ImageSample:
         image = self._images[image_id]
-        height, width = int(image["height"]), int(image["width"])
+        height, width = _declared_size(image)
         referents = [self._referent(ref, height, width) for ref in self._refs_by_image[image_id]]
         file_name = str(image["file_name"])
         return ImageSample(
@@ -310,7 +312,12 @@ class ReferDataset(ImageDataset):
         category_id = int(ref.get("category_id", annotation.get("category_id", -1)))
 
         def decode() -> np.ndarray:
-            return decode_segmentation(segmentation, height, width)
+            try:
+                return decode_segmentation(segmentation, height, width)
+            except MaskFormatError as exc:
+                raise DatasetError(
+                    f"annotation {annotation.get('id')} in instances.json: {exc}"
+                ) from None
 
         return Referent(
             ref_id=int(ref["ref_id"]),
@@ -320,6 +327,23 @@ class ReferDataset(ImageDataset):
             mask_source=decode,
             category_name=self._categories.get(category_id),
         )
+
+
+def _declared_size(image: dict[str, Any]) -> tuple[int, int]:
+    """``(height, width)`` of an ``images`` record, refused unless an image could be that big
+    (masks are drawn at this size before any image is read)."""
+    height, width = image.get("height"), image.get("width")
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (height, width)):
+        raise DatasetError(
+            f"image {image.get('id')} in instances.json needs positive integer height and "
+            f"width; got {height!r} x {width!r}"
+        )
+    if height * width > MAX_MASK_PIXELS:
+        raise DatasetError(
+            f"image {image.get('id')} in instances.json declares {width} x {height} pixels, "
+            f"more than refseg decodes ({MAX_MASK_PIXELS}); the file is corrupt"
+        )
+    return height, width
 
 
 def _expression(sentence: dict[str, Any], ref: dict[str, Any]) -> Expression:

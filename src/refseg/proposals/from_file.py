@@ -27,9 +27,13 @@ import numpy as np
 from PIL import Image
 
 from refseg.errors import InputError
-from refseg.masks import decode_segmentation, resize_masks
+from refseg.masks import MaskFormatError, decode_segmentation, resize_masks
 from refseg.proposals.base import MaskProposals, register_proposals
 from refseg.proposals.filtering import no_proposals, rank_and_cap
+
+# A mask may be declared at most this many times the image's side (proposals computed on
+# the full-size original of a downscaled image); more is refused before anything is decoded.
+MAX_SIZE_RATIO = 4
 
 
 @dataclass
@@ -145,10 +149,23 @@ class CocoMaskIndex:
         if isinstance(segmentation, Mapping) and isinstance(segmentation["counts"], bytearray):
             segmentation = {**segmentation, "counts": bytes(segmentation["counts"])}
         draw_h, draw_w = record.height or height, record.width or width
+        where = record.file_name or record.image_id
+        declared = segmentation.get("size") if isinstance(segmentation, Mapping) else None
+        declared_h, declared_w = (draw_h, draw_w) if declared is None else declared
+        if declared_h > MAX_SIZE_RATIO * height or declared_w > MAX_SIZE_RATIO * width:
+            what = "an RLE 'size'" if declared is not None else "its 'images' record"
+            raise InputError(
+                f"{self.source}: image {where!r} is {width} x {height} but {what} declares "
+                f"{declared_w} x {declared_h} (more than {MAX_SIZE_RATIO}x a side); masks "
+                "must be drawn at the image's size"
+            )
         try:
             mask = decode_segmentation(segmentation, draw_h, draw_w)
+        except MaskFormatError as exc:
+            raise InputError(
+                f"{self.source}: cannot decode a segmentation of image {where!r}: {exc}"
+            ) from None
         except Exception as exc:  # pycocotools raises bare exceptions on bad counts
-            where = record.file_name or record.image_id
             raise InputError(
                 f"{self.source}: cannot decode a segmentation of image {where!r} ({exc}); "
                 "expected COCO RLE {'size': [h, w], 'counts': ...} or polygons [[x, y, ...]]"
