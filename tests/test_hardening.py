@@ -17,7 +17,7 @@ from torch import nn
 
 from refseg.cli import main
 from refseg.clip import load_clip
-from refseg.errors import CheckpointFormatError, InputError
+from refseg.errors import CheckpointFormatError, DatasetError, InputError
 from refseg.masks import MaskFormatError, decode_rle, decode_segmentation, encode_rle
 
 # --- 1. TorchScript checkpoints never run code -------------------------------------------------
@@ -243,3 +243,65 @@ def test_declared_sizes_are_checked_against_the_image(tmp_path, small_image, tin
     root = _write_refer(tmp_path / "data", polygon, size=(60000, 60000))
     assert main(_score_args(root, tmp_path)) == 2
     assert "declares 60000 x 60000" in capsys.readouterr().err
+
+
+# --- 3. refs pickle: the latin-1 repair is linear in the file ---------------------------------
+
+
+def exponential_refs_pickle(levels: int = 40) -> bytes:
+    """A Python 2 style refs pickle whose ``junk`` field is a list of 2**levels shared leaves:
+    each level is a list holding the previous one twice (BINGET), 8 bytes per level."""
+    body = b"](U\x02\xc3\xa9eq\x00"  # memo 0: ['é'] as Python 2 UTF-8 bytes
+    for level in range(1, levels + 1):
+        body += b"](h" + bytes([level - 1]) + b"h" + bytes([level - 1]) + b"eq" + bytes([level])
+    ref = (
+        b"}(U\x06ref_idK\x01U\x06ann_idK\x07U\x08image_idK\x01U\x05splitU\x03val"
+        b"U\tsentences](}(U\x07sent_idK\x03U\x03rawU\x07caf\xc3\xa9 Xu"
+        + b"eU\x04junkh"
+        + bytes([levels])
+        + b"u"
+    )
+    return b"\x80\x02" + body + b"0](" + ref + b"e."
+
+
+REFS_CHILD = """
+import json, resource, sys, time
+from refseg.data import open_dataset
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+start = time.perf_counter()
+dataset = open_dataset(sys.argv[1], "refcoco", "val")
+text = dataset[0].referents[0].sentences[0].text
+growth = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+seconds = time.perf_counter() - start
+print(json.dumps({"seconds": seconds, "text": text, "rss_growth_mb": growth / 1024}))
+"""
+
+
+def test_exponential_refs_pickle_loads_in_bounded_time_and_memory(tmp_path):
+    data = exponential_refs_pickle()
+    assert len(data) < 500  # a few hundred bytes
+    root = _write_refer(tmp_path / "data", [[1, 1, 5, 1, 5, 4]])
+    (root / "refcoco" / "refs(unc).p").write_bytes(data)
+    completed = subprocess.run(
+        [sys.executable, "-c", REFS_CHILD, str(root)], capture_output=True, text=True, timeout=60
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    result = json.loads(completed.stdout)
+    assert result["text"] == "café X"  # the latin-1 repair still ran
+    assert result["seconds"] < 2.0
+    assert result["rss_growth_mb"] < 50
+
+
+def test_refs_repair_bounds_its_work():
+    from refseg.data.refer import _repair_text
+
+    shared = ["caf\xc3\xa9"]
+    tree = [shared] * 3
+    repaired = _repair_text(tree)
+    assert repaired == [["café"]] * 3 and repaired[0] is repaired[2]  # sharing kept
+    with pytest.raises(DatasetError, match="more than 100 items"):
+        _repair_text([list(range(60)), list(range(60))], max_items=100)
+    deep: list = []
+    for _ in range(100_000):  # nesting 100k deep: no RecursionError
+        deep = [deep]
+    assert isinstance(_repair_text(deep), list)

@@ -30,6 +30,9 @@ from refseg.image_io import DECODE_PIXEL_LIMIT, load_image
 from refseg.masks import MaskFormatError, decode_segmentation
 
 README_HINT = 'see the "Datasets" section of the README'
+# Most list items + dict entries the latin-1 text repair of a refs pickle walks (RefCOCOg's
+# refs hold a few million).
+MAX_REPAIR_ITEMS = 50_000_000
 # Largest mask drawn for an ``images`` record: the largest image refseg opens.
 MAX_MASK_PIXELS = DECODE_PIXEL_LIMIT // 2
 
@@ -403,18 +406,47 @@ def _unpickle(path: Path, encoding: str) -> Any:
         raise DatasetError(f"cannot read {path}: {exc} ({README_HINT})") from None
 
 
-def _repair_text(value: Any) -> Any:
-    """Undo latin-1 decoding of Python 2 UTF-8 byte strings (``'cafÃ©'`` -> ``'café'``)."""
-    if isinstance(value, str):
-        try:
-            return value.encode("latin1").decode("utf-8")
-        except (UnicodeEncodeError, UnicodeDecodeError):
-            return value
-    if isinstance(value, list):
-        return [_repair_text(v) for v in value]
-    if isinstance(value, dict):
-        return {_repair_text(k): _repair_text(v) for k, v in value.items()}
-    return value
+def _repair_text(root: Any, max_items: int = MAX_REPAIR_ITEMS) -> Any:
+    """Undo latin-1 decoding of Python 2 UTF-8 byte strings (``'cafÃ©'`` -> ``'café'``).
+
+    Each list and dict is repaired once (memoised by ``id``), so a pickle whose containers
+    share references (a few hundred bytes can describe 2**40 leaves) costs time linear in
+    its size, and the result shares the same way. Iterative: nesting depth is no limit.
+
+    Raises:
+        DatasetError: more than ``max_items`` list items and dict entries.
+    """
+    repaired: dict[int, Any] = {}
+    pending: list[tuple[Any, Any]] = []
+
+    def convert(value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return value.encode("latin1").decode("utf-8")
+            except (UnicodeEncodeError, UnicodeDecodeError):
+                return value
+        if isinstance(value, (list, dict)):
+            if id(value) not in repaired:
+                repaired[id(value)] = [] if isinstance(value, list) else {}
+                pending.append((value, repaired[id(value)]))
+            return repaired[id(value)]
+        return value
+
+    result = convert(root)
+    items = 0
+    while pending:
+        original, copy = pending.pop()
+        items += len(original)
+        if items > max_items:
+            raise DatasetError(
+                f"refs pickle holds more than {max_items} items; not a refs file ({README_HINT})"
+            )
+        if isinstance(original, list):
+            copy.extend(convert(v) for v in original)
+        else:
+            for key, value in original.items():
+                copy[convert(key)] = convert(value)
+    return result
 
 
 def load_json(path: Path) -> Any:
