@@ -305,3 +305,185 @@ def test_refs_repair_bounds_its_work():
     for _ in range(100_000):  # nesting 100k deep: no RecursionError
         deep = [deep]
     assert isinstance(_repair_text(deep), list)
+
+
+# --- 4. Service: the upload cap holds while a chunked body streams -----------------------------
+
+
+@pytest.fixture
+def serve_segmenter(tiny_clip, tiny_tokenizer):
+    from refseg.clip import LoadedClip
+    from refseg.methods import GlobalLocalConfig
+    from refseg.segmenter import Segmenter
+    from test_serve_api import BoxProposals, FirstWords
+
+    clip = LoadedClip(tiny_clip, tiny_tokenizer, "tiny-vit")
+    return Segmenter(clip, BoxProposals(), config=GlobalLocalConfig(k=2), phrases=FirstWords())
+
+
+def _stream_upload(app, total: int, chunk: int = 1 << 20) -> tuple[int, int, dict]:
+    """POST a chunked multipart upload of ``total`` image bytes straight into the ASGI app:
+    ``(bytes the app read, status, JSON body)``."""
+    import asyncio
+
+    boundary = b"refsegboundary"
+    head = (
+        b"--" + boundary + b'\r\nContent-Disposition: form-data; name="text"\r\n\r\nthe thing\r\n'
+        b"--" + boundary + b'\r\nContent-Disposition: form-data; name="image"; filename="a.png"'
+        b"\r\nContent-Type: image/png\r\n\r\n"
+    )
+    tail = b"\r\n--" + boundary + b"--\r\n"
+    pieces = [head] + [b"\x89" * chunk] * (total // chunk) + [tail]
+    state = {"read": 0, "next": 0, "messages": []}
+
+    async def receive() -> dict:
+        if state["next"] >= len(pieces):
+            await asyncio.sleep(3600)  # the client has nothing more to send
+        piece = pieces[state["next"]]
+        state["next"] += 1
+        state["read"] += len(piece)
+        return {"type": "http.request", "body": piece, "more_body": state["next"] < len(pieces)}
+
+    async def send(message: dict) -> None:
+        state["messages"].append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/segment",
+        "raw_path": b"/segment",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"host", b"127.0.0.1:8000"),
+            (b"content-type", b"multipart/form-data; boundary=" + boundary),
+            (b"transfer-encoding", b"chunked"),
+        ],
+        "client": ("127.0.0.1", 5000),
+        "server": ("127.0.0.1", 8000),
+    }
+    asyncio.run(asyncio.wait_for(app(scope, receive, send), timeout=120))
+    start = next(m for m in state["messages"] if m["type"] == "http.response.start")
+    body = b"".join(
+        m.get("body", b"") for m in state["messages"] if m["type"] == "http.response.body"
+    )
+    return state["read"], start["status"], json.loads(body)
+
+
+def test_chunked_upload_is_refused_while_it_streams(serve_segmenter):
+    from fastapi.testclient import TestClient
+
+    from refseg.serve import ServeSettings, create_app
+
+    app = create_app(serve_segmenter, ServeSettings())  # 20 MiB uploads
+    read, status, body = _stream_upload(app, 100 * 2**20)
+    assert status == 413 and "at most 20 MiB" in body["error"]
+    assert read < 25 * 2**20, read  # cut off just past the 20 MiB + form overhead
+    small = create_app(serve_segmenter, ServeSettings(max_upload_bytes=2**20))
+    read_small, status, _ = _stream_upload(small, 100 * 2**20)
+    assert status == 413 and read_small < 3 * 2**20
+    from test_serve_api import png_bytes
+
+    with TestClient(app) as client:  # still serving, and a normal upload still works
+        response = client.post(
+            "/segment",
+            files={"image": ("a.png", png_bytes(), "image/png")},
+            data={"text": ["the thing"]},
+        )
+        assert response.status_code == 200, response.text
+
+
+# --- 6. Service memory: the image cache is bounded in bytes, each request by a budget ---------
+
+UPLOADS_CHILD = """
+import io, json, sys
+import numpy as np
+from PIL import Image
+from fastapi.testclient import TestClient
+from refseg.clip import load_clip
+from refseg.methods import GlobalLocalConfig
+from refseg.proposals import MaskProposals
+from refseg.segmenter import Segmenter
+from refseg.serve import ServeSettings, create_app
+
+clip_dir, width, height, n_proposals, cache_bytes = sys.argv[1:6]
+width, height, n_proposals = int(width), int(height), int(n_proposals)
+
+
+def rss_mb(field):
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith(field))
+    return int(line.split()[1]) / 1024
+
+
+class Words:
+    def normalise(self, text):
+        return text.lower()
+
+    def batch(self, texts):
+        return [t.lower() for t in texts]
+
+
+class Boxes:
+    name = "boxes"
+
+    def __call__(self, image, *, image_key=None):
+        rng = np.random.default_rng(image.width)
+        masks = np.zeros((n_proposals, image.height, image.width), bool)
+        for i in range(n_proposals):
+            y, x = rng.integers(0, image.height // 2), rng.integers(0, image.width // 2)
+            masks[i, y : y + image.height // 3, x : x + image.width // 3] = True
+        return MaskProposals(masks)
+
+
+def upload(seed):
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG", compress_level=0)
+    return buffer.getvalue()
+
+
+segmenter = Segmenter(
+    load_clip(clip_dir, device="cpu"), Boxes(), config=GlobalLocalConfig(k=2), phrases=Words()
+)
+settings = {} if cache_bytes == "default" else {"cache_bytes": int(cache_bytes)}
+uploads = [upload(seed) for seed in range(11)]
+with TestClient(create_app(segmenter, ServeSettings(**settings))) as client:
+    for i, data in enumerate(uploads):
+        files = {"image": ("a.png", data, "image/png")}
+        response = client.post("/segment", files=files, data={"text": ["the thing"]})
+        assert response.status_code == 200, response.text
+        if i == 0:  # after one warm-up request: lazy imports and first allocations done
+            baseline = rss_mb("VmRSS:")
+            with open("/proc/self/clear_refs", "w") as refs:
+                refs.write("5")  # reset VmHWM, the peak, to the current RSS
+    cache = client.get("/health").json()["cache"]
+print(json.dumps({"peak_growth": rss_mb("VmHWM:") - baseline, "growth": rss_mb("VmRSS:") - baseline,
+                  "upload_mb": max(len(u) for u in uploads) / 2**20, "cache": cache}))
+"""
+
+
+def request_budget_mb(upload_mb: float, pixels: int, proposals: int, texts: int = 1) -> float:
+    """The per-request memory budget the README states, for an image that is not downscaled:
+    3x the upload + (4 + texts) bytes per uploaded pixel + (proposals + 16) bytes per working
+    pixel + 48 MB (resize buffers, and a small model's activations)."""
+    return 3 * upload_mb + (4 + texts + proposals + 16) * pixels / 2**20 + 48
+
+
+def test_ten_large_uploads_stay_within_the_memory_budget(tiny_clip_dir):
+    width, height, proposals, cache_bytes = 1000, 750, 24, 48 * 2**20
+    completed = subprocess.run(
+        [sys.executable, "-c", UPLOADS_CHILD, str(tiny_clip_dir), str(width), str(height),
+         str(proposals), str(cache_bytes)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    result = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert result["cache"]["bytes"] <= cache_bytes
+    assert 1 <= result["cache"]["entries"] < 8  # bounded by bytes, not by the 8 entries
+    budget = cache_bytes / 2**20 + request_budget_mb(result["upload_mb"], width * height, proposals)
+    assert result["peak_growth"] < budget, (result, budget)
+    assert result["growth"] < cache_bytes / 2**20 + 24  # after the requests: about the cache

@@ -39,6 +39,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--timeout", type=float, help="seconds per request, else 504 (default 60)")
     parser.add_argument("--cache-size", type=int, help="images whose features are kept (default 8)")
     parser.add_argument(
+        "--cache-mb", type=float, help="memory those images may hold together (default 512 MiB)"
+    )
+    parser.add_argument(
         "--log-level", default="info", choices=("debug", "info", "warning", "error")
     )
     parser.set_defaults(func=run)
@@ -56,6 +59,7 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
         "max_texts": args.max_texts,
         "timeout_s": args.timeout,
         "cache_size": args.cache_size,
+        "cache_bytes": None if args.cache_mb is None else int(args.cache_mb * 1024 * 1024),
     }
     return replace(ServeSettings(), **{k: v for k, v in values.items() if v is not None})
 

@@ -40,6 +40,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from refseg import __version__
 from refseg.errors import ImageError, InputError, RefsegError
 from refseg.masks import encode_rle, mask_bbox
+from refseg.serve.guards import BodyLimitMiddleware, SameSiteMiddleware
 from refseg.serve.service import (
     DeadlineExceededError,
     ImageTooLargeError,
@@ -74,17 +75,25 @@ class ServeSettings:
     max_text_chars: int = 1000
     # Seconds a request may take, queueing for the model included (504 after that).
     timeout_s: float = 60.0
-    # Distinct images whose proposals and features are kept for repeated questions.
+    # Distinct images whose proposals and features are kept for repeated questions, and the
+    # bytes they may hold together (a 2048x2048 working image with 100 proposals is ~430 MB).
     cache_size: int = 8
+    cache_bytes: int = 512 * 1024 * 1024
     # Ranked proposals (with masks) returned per expression.
     top_proposals: int = 10
     # Threads that wait for the model; requests beyond them queue (still under the deadline).
     workers: int = 4
 
+    # Host names requests may address (None: any); the refseg serve command sets them from
+    # its bind address. Origins other than the server's own that may post (("*",): any).
+    allowed_hosts: tuple[str, ...] | None = None
+    allowed_origins: tuple[str, ...] = ()
+
     def __post_init__(self) -> None:
         for field in fields(self):
-            if getattr(self, field.name) <= 0:
-                raise InputError(f"{field.name} must be positive; got {getattr(self, field.name)}")
+            value = getattr(self, field.name)
+            if isinstance(value, (int, float)) and value <= 0:
+                raise InputError(f"{field.name} must be positive; got {value}")
 
 
 # --------------------------------------------------------------------------- schema
@@ -138,6 +147,8 @@ class SegmentOut(BaseModel):
 class CacheOut(BaseModel):
     entries: int
     capacity: int
+    bytes: int = Field(description="bytes held by the cached images' proposals and features")
+    max_bytes: int | None
     hits: int
     misses: int
 
@@ -316,7 +327,10 @@ def create_app(
     if ready is None and not callable(segmenter):
         raise TypeError("segmenter must be a System or a function returning one")
     service = SegmentService(
-        ready, cache_size=settings.cache_size, max_image_pixels=settings.max_image_pixels
+        ready,
+        cache_size=settings.cache_size,
+        cache_bytes=settings.cache_bytes,
+        max_image_pixels=settings.max_image_pixels,
     )
     pool = WorkerPool(settings.workers)
 
@@ -353,13 +367,15 @@ def create_app(
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return _error(exc.status_code, str(exc.detail))
 
-    @app.middleware("http")
-    async def refuse_large_bodies(request: Request, call_next: Callable) -> Response:
-        """413 from Content-Length alone, before the multipart body is read."""
-        length = request.headers.get("content-length", "")
-        if length.isdigit() and int(length) > settings.max_upload_bytes + FORM_OVERHEAD_BYTES:
-            return _error(413, _too_large_message(int(length), settings))
-        return await call_next(request)
+    # Added last = runs first: the same-site check, then the body limit (see guards).
+    app.add_middleware(
+        BodyLimitMiddleware,
+        limit=settings.max_upload_bytes + FORM_OVERHEAD_BYTES,
+        message=partial(_too_large_message, settings=settings),
+    )
+    app.add_middleware(
+        SameSiteMiddleware, hosts=settings.allowed_hosts, origins=settings.allowed_origins
+    )
 
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:

@@ -9,6 +9,8 @@ exceptions below to status codes.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import hashlib
 import io
 import logging
@@ -21,6 +23,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import torch
 from PIL import Image, UnidentifiedImageError
 
 from refseg.errors import ImageError, InputError, RefsegError
@@ -97,24 +101,58 @@ def _known_signature(data: bytes) -> bool:
     return False
 
 
+def state_nbytes(state: Any) -> int:
+    """Bytes an image state keeps alive: every array, tensor and image reachable from it
+    (through attributes, dicts, lists and tuples), each counted once."""
+    total, seen, stack = 0, set(), [state]
+    while stack:
+        item = stack.pop()
+        if id(item) in seen or item is None or isinstance(item, (str, bytes, int, float)):
+            continue
+        if isinstance(item, torch.nn.Module):  # shared weights, not the image's
+            continue
+        seen.add(id(item))
+        if isinstance(item, np.ndarray):
+            total += int(item.nbytes)
+        elif torch.is_tensor(item):
+            total += int(item.nelement() * item.element_size())
+        elif isinstance(item, Image.Image):
+            total += item.width * item.height * len(item.getbands())
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            stack.extend(item)
+        elif hasattr(item, "__dict__"):
+            stack.extend(vars(item).values())
+    return total
+
+
 class ContextCache:
-    """Bounded LRU of image states (``System.image_state()``) keyed by the SHA-256 of the
-    uploaded bytes.
+    """LRU of image states (``System.image_state()``) keyed by the SHA-256 of the uploaded
+    bytes, bounded both in entries and in bytes (:func:`state_nbytes`).
 
     A state holds what the system computed for the image (Global-Local: its proposals and
     every visual feature so far), so a hit skips the proposal generator and the image
-    encoder. Thread-safe.
+    encoder. A state larger than ``max_bytes`` on its own is not kept. Thread-safe.
     """
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, max_bytes: int | None = None) -> None:
         self.capacity = capacity
+        self.max_bytes = max_bytes
         self.hits = 0
         self.misses = 0
         self._items: OrderedDict[str, Any] = OrderedDict()
+        self._sizes: dict[str, int] = {}
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._items)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the cached states (as measured when last stored)."""
+        with self._lock:
+            return sum(self._sizes.values())
 
     def get(self, key: str) -> Any | None:
         with self._lock:
@@ -124,11 +162,20 @@ class ContextCache:
             return context
 
     def put(self, key: str, context: Any) -> None:
+        """Store (or re-measure, after its features grew) ``context``; evict the oldest."""
+        size = state_nbytes(context)
         with self._lock:
+            self._items.pop(key, None)
+            self._sizes.pop(key, None)
+            if self.max_bytes is not None and size > self.max_bytes:
+                return
             self._items[key] = context
-            self._items.move_to_end(key)
-            while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
+            self._sizes[key] = size
+            while len(self._items) > self.capacity or (
+                self.max_bytes is not None and sum(self._sizes.values()) > self.max_bytes
+            ):
+                oldest, _ = self._items.popitem(last=False)
+                del self._sizes[oldest]
 
     def count(self, hit: bool) -> None:
         with self._lock:
@@ -157,6 +204,7 @@ class SegmentService:
     Args:
         segmenter: a ready system, or ``None`` until :meth:`load` provides one.
         cache_size: images whose states are kept (Global-Local's hold proposal masks).
+        cache_bytes: most bytes the kept states may hold together (``None``: no bound).
         max_image_pixels: larger uploads are refused before decoding.
     """
 
@@ -165,12 +213,13 @@ class SegmentService:
         segmenter: System | None = None,
         *,
         cache_size: int = 8,
+        cache_bytes: int | None = None,
         max_image_pixels: int = 100_000_000,
     ) -> None:
         self._segmenter = segmenter
         self.state = "ready" if segmenter is not None else "loading"
         self.error: str | None = None
-        self.cache = ContextCache(cache_size)
+        self.cache = ContextCache(cache_size, cache_bytes)
         self.max_image_pixels = max_image_pixels
         self._model_lock = threading.Lock()
         self._loader: threading.Thread | None = None
@@ -220,6 +269,8 @@ class SegmentService:
             "cache": {
                 "entries": len(self.cache),
                 "capacity": self.cache.capacity,
+                "bytes": self.cache.nbytes,
+                "max_bytes": self.cache.max_bytes,
                 "hits": self.cache.hits,
                 "misses": self.cache.misses,
             },
@@ -300,6 +351,7 @@ class SegmentService:
             self.cache.count(cached)
             if context is None:
                 system.set_image(image)
+                del image  # the system keeps the working copy it needs
                 context = system.image_state()
                 if context is not None:
                     self.cache.put(digest, context)
@@ -307,9 +359,32 @@ class SegmentService:
                     raise DeadlineExceededError("timed out while computing the image features")
             else:
                 system.restore_image_state(context)
-            results = system.query(list(texts), **options)
+            try:
+                results = system.query(list(texts), **options)
+            finally:
+                if context is not None:  # re-measured: the query may have added features
+                    self.cache.put(digest, context)
+        if not cached:
+            release_free_memory()
         height, width = results[0].original_size
         return Outcome(results, digest, width, height, cached, time.monotonic() - start)
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+_MALLOC_TRIM = _malloc_trim()
+
+
+def release_free_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc keeps them per thread arena otherwise, and
+    the server's resident size would creep up with every large image it has seen)."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 def describe_model(system: System) -> str:
