@@ -487,3 +487,68 @@ def test_ten_large_uploads_stay_within_the_memory_budget(tiny_clip_dir):
     budget = cache_bytes / 2**20 + request_budget_mb(result["upload_mb"], width * height, proposals)
     assert result["peak_growth"] < budget, (result, budget)
     assert result["growth"] < cache_bytes / 2**20 + 24  # after the requests: about the cache
+
+
+# --- 7. Eval resume: the dataset is fingerprinted, refusals write nothing ----------------------
+
+
+def _eval(data_root: Path, clip_dir: Path, out: Path, *extra: str) -> int:
+    return main(["eval", "--no-progress", "--dataset", str(data_root), "--name", "tinyref",
+                 "--split", "val", "--proposals", "gt", "--clip", str(clip_dir),
+                 "--out", str(out), *extra])  # fmt: skip
+
+
+def _stamp(path: Path) -> tuple[bytes, int, int]:
+    stat = path.stat()
+    return path.read_bytes(), stat.st_ino, stat.st_mtime_ns
+
+
+def test_resume_over_a_regenerated_dataset_is_refused(tmp_path, tiny_clip_dir, capsys):
+    import shutil
+
+    from test_eval_runner import write_refer_dataset
+
+    data_root = write_refer_dataset(tmp_path / "data", seed=0)
+    out = tmp_path / "run"
+    assert _eval(data_root, tiny_clip_dir, out, "--limit", "2") == 0
+    config, log = out / "config.json", out / "partial" / "shard-0-of-1.jsonl"
+    before = _stamp(config), _stamp(log)
+    assert len(json.loads(config.read_text())["dataset_fingerprint"]) == 64
+    shutil.rmtree(data_root)
+    write_refer_dataset(data_root, seed=1)  # same image ids and file names, other masks
+    capsys.readouterr()
+    assert _eval(data_root, tiny_clip_dir, out) == 2
+    assert "run on other data" in capsys.readouterr().err
+    assert (_stamp(config), _stamp(log)) == before  # nothing rewritten
+
+
+def test_refused_second_eval_leaves_config_alone(tmp_path, tiny_clip_dir, capsys):
+    from refseg.eval.runner import PartialLog
+    from test_eval_runner import write_refer_dataset
+
+    data_root = write_refer_dataset(tmp_path / "data")
+    out = tmp_path / "run"
+    assert _eval(data_root, tiny_clip_dir, out, "--limit", "1") == 0
+    before = _stamp(out / "config.json")
+    with PartialLog(out / "partial" / "shard-0-of-1.jsonl").open():  # a run in progress
+        assert _eval(data_root, tiny_clip_dir, out) == 2
+    assert "another refseg eval" in capsys.readouterr().err
+    assert _stamp(out / "config.json") == before
+    assert _eval(data_root, tiny_clip_dir, out, "--alpha", "0.3") == 2
+    assert _stamp(out / "config.json") == before
+
+
+def test_out_holding_other_files_is_not_overwritten(tmp_path, tiny_clip_dir, capsys):
+    from test_eval_runner import write_refer_dataset
+
+    data_root = write_refer_dataset(tmp_path / "data")
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "metrics.json").write_text("my own metrics")
+    assert _eval(data_root, tiny_clip_dir, out, "--limit", "1") == 2
+    assert "not a refseg run" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json"]
+    assert (out / "metrics.json").read_text() == "my own metrics"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert _eval(data_root, tiny_clip_dir, empty, "--limit", "1") == 0  # empty is fine

@@ -14,6 +14,7 @@ Layout (from the ``refer`` toolkit)::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
@@ -183,6 +184,21 @@ class ImageDataset:
             for referent, expression in image.expressions():
                 yield ExpressionItem(image, referent, expression)
 
+    def fingerprint(self) -> str:
+        """SHA-256 of what the split's scores depend on: every image's id, file name and size,
+        and every referent's ids, category and expressions, in iteration order. A resumed
+        evaluation compares it, so a dataset regenerated at the same path is noticed.
+        :class:`ReferDataset` hashes its annotations (segmentations included) as well."""
+        digest = hashlib.sha256()
+        for image in self:
+            referents = [
+                [r.ref_id, r.ann_id, r.category_id, [[e.sent_id, e.text] for e in r.sentences]]
+                for r in image.referents
+            ]
+            update_digest(digest, [image.image_id, image.file_name, image.height, image.width,
+                                   referents])  # fmt: skip
+        return digest.hexdigest()
+
     def sent_ids(self) -> list[int]:
         """All expression ids of the split, in iteration order."""
         return [item.expression.sent_id for item in self.expressions()]
@@ -298,6 +314,16 @@ class ReferDataset(ImageDataset):
     def _image_ids(self) -> Sequence[int]:
         return self._order
 
+    def fingerprint(self) -> str:
+        """SHA-256 of the split's ``images`` records, refs and annotations (segmentations
+        included), as read from the files, in iteration order."""
+        digest = hashlib.sha256()
+        for image_id in self._order:
+            refs = self._refs_by_image[image_id]
+            annotations = [self._annotations[int(ref["ann_id"])] for ref in refs]
+            update_digest(digest, [self._images[image_id], refs, annotations])
+        return digest.hexdigest()
+
     def _build(self, image_id: int) -> ImageSample:
         image = self._images[image_id]
         height, width = _declared_size(image)
@@ -347,6 +373,38 @@ def _declared_size(image: dict[str, Any]) -> tuple[int, int]:
             f"more than refseg decodes ({MAX_MASK_PIXELS}); the file is corrupt"
         )
     return height, width
+
+
+def update_digest(digest: Any, value: Any, max_items: int = MAX_REPAIR_ITEMS) -> None:
+    """Feed a plain value (dicts, lists, strings, numbers: what JSON and refs pickles hold) to
+    ``digest`` in a canonical byte form. Iterative, and a container met again is fed as a
+    back-reference, so deep nesting, shared references and cycles all cost linear work.
+
+    Raises:
+        DatasetError: more than ``max_items`` items.
+    """
+    seen: dict[int, int] = {}
+    stack: list[Any] = [value]
+    items = 0
+    while stack:
+        item = stack.pop()
+        items += 1
+        if items > max_items:
+            raise DatasetError(f"a dataset record holds more than {max_items} items")
+        if isinstance(item, (list, tuple, dict)):
+            if id(item) in seen:
+                digest.update(b"@%d;" % seen[id(item)])
+                continue
+            seen[id(item)] = len(seen)
+            is_dict = isinstance(item, dict)
+            children = [v for pair in item.items() for v in pair] if is_dict else list(item)
+            digest.update(b"%s%d;" % (b"{" if is_dict else b"[", len(item)))
+            stack.extend(reversed(children))
+        elif isinstance(item, str):
+            data = item.encode("utf-8", "surrogatepass")
+            digest.update(b"s%d:" % len(data) + data)
+        else:  # numbers, booleans, None (and bytes from old pickles)
+            digest.update(f"{type(item).__name__}:{item!r};".encode())
 
 
 def _expression(sentence: dict[str, Any], ref: dict[str, Any]) -> Expression:

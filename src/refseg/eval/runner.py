@@ -7,7 +7,8 @@ sweep point. It uses the System interface only, so every system (proposal-based 
 runs the same way; dense systems need no proposals and also get pixel AP (main point).
 Layout of a run directory::
 
-    RUN_DIR/config.json                  what ran (options, versions, shard); checked on resume
+    RUN_DIR/config.json                  what ran (options, versions, shard, the dataset split's
+                                         fingerprint); checked on resume before anything is written
     RUN_DIR/partial/shard-I-of-N.jsonl   one line per finished image, appended and fsync'ed
     RUN_DIR/predictions.json             {sent_id, segmentation (RLE), score, ref_id, proposal,
                                           iou, phrase, top: [{proposal, score, iou}] x3}
@@ -70,7 +71,7 @@ PARTIAL_DIR = "partial"
 # Best proposals kept per expression in predictions.json ("top"), for the report's gallery.
 TOP_PROPOSALS = 3
 # config.json entries that decide the results: a resumed run must match them exactly.
-IDENTITY_KEYS = ("settings", "params", "sweep", "shard")
+IDENTITY_KEYS = ("settings", "params", "sweep", "shard", "dataset_fingerprint")
 
 
 # ------------------------------------------------------------------------------- shards
@@ -284,12 +285,20 @@ def environment() -> dict[str, Any]:
 
 
 def check_resumable(saved: Mapping[str, Any], wanted: Mapping[str, Any], run_dir: Path) -> None:
-    """Refuse to mix results of two configurations in one run directory.
+    """Refuse to mix results of two configurations, or of two versions of the dataset, in one
+    run directory.
 
     Raises:
-        InputError: an identity entry (settings, params, sweep, shard) differs; the message
-            lists the differences.
+        InputError: the dataset fingerprint or an identity entry (settings, params, sweep,
+            shard) differs; the message lists the differences.
     """
+    if saved.get("dataset_fingerprint") != wanted.get("dataset_fingerprint"):
+        raise InputError(
+            f"{run_dir} was run on other data: the dataset split's fingerprint is "
+            f"{str(saved.get('dataset_fingerprint'))[:12]} there, "
+            f"{str(wanted.get('dataset_fingerprint'))[:12]} now (the dataset was changed or "
+            "regenerated); pass another --out"
+        )
     old = _flatten({key: saved.get(key) for key in IDENTITY_KEYS})
     new = _flatten(json.loads(json.dumps({key: wanted.get(key) for key in IDENTITY_KEYS})))
     diffs = [
@@ -417,6 +426,7 @@ class EvalRunner:
             "params": params,
             "sweep": self.sweep,
             "shard": self.shard.label,
+            "dataset_fingerprint": self._fingerprint(),
             "limit": self.limit,
             "num_images": self._num_images(),
             "structure": self.structure,
@@ -430,18 +440,38 @@ class EvalRunner:
         total = len(self.dataset)
         return min(total, self.limit) if self.limit else total
 
-    def _prepare(self) -> dict[str, Any]:
-        config = self.config()
-        path = self.run_dir / CONFIG_FILE
-        if path.is_file():
+    def _fingerprint(self) -> str | None:
+        """The whole split's fingerprint (not the --limit prefix: a longer run resumes)."""
+        if not hasattr(self, "_dataset_fingerprint"):
+            fingerprint = getattr(self.dataset, "fingerprint", None)
+            self._dataset_fingerprint = fingerprint() if callable(fingerprint) else None
+        return self._dataset_fingerprint
+
+    def check_out_dir(self, config: Mapping[str, Any]) -> bool:
+        """Check ``run_dir`` before anything is written; ``True`` when it holds this run.
+
+        Raises:
+            InputError: it is a file, holds files but no config.json (not a run: refseg will
+                not write over them), or holds a run of another configuration or dataset.
+        """
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise InputError(f"--out {self.run_dir} is a file; pass a directory for the run")
+        if (self.run_dir / CONFIG_FILE).is_file():
             check_resumable(read_config(self.run_dir), config, self.run_dir)
-        elif (self.run_dir / PARTIAL_DIR).is_dir() and any((self.run_dir / PARTIAL_DIR).iterdir()):
+            return True
+        if (self.run_dir / PARTIAL_DIR).is_dir() and any((self.run_dir / PARTIAL_DIR).iterdir()):
             raise InputError(
                 f"{self.run_dir} has partial results but no {CONFIG_FILE}, so they cannot be "
                 "checked; delete its partial/ folder or pass another --out"
             )
-        write_json_atomic(path, config, indent=2)
-        return config
+        if self.run_dir.is_dir() and any(
+            entry.name != PARTIAL_DIR for entry in self.run_dir.iterdir()
+        ):
+            raise InputError(
+                f"--out {self.run_dir} holds files but is not a refseg run (no {CONFIG_FILE}); "
+                "refseg will not write over them: pass a new or empty directory"
+            )
+        return False
 
     # -- running -------------------------------------------------------------------------
     def run(self, on_image: Callable[[ImageOutcome], None] | None = None) -> RunSummary:
@@ -449,17 +479,20 @@ class EvalRunner:
 
         ``on_image`` is called after each image is safely logged (progress hooks, tests).
         """
-        config = self._prepare()
+        config = self.config()
+        self.check_out_dir(config)
         selection = self.shard.indices(config["num_images"])
         log = PartialLog(self.run_dir / PARTIAL_DIR / f"{self.shard.stem}.jsonl")
         timings: dict[str, float] = {}
         computed, seconds = 0, 0.0
-        with log.open():
+        with log.open():  # locked: a second eval into this --out stops here, writing nothing
             done = log.load()
             todo = [i for i in selection if i not in done]
             for index in selection:
                 if index in done:
                     self._check_same_image(done[index])
+            # Written only now that every check has passed (a resume records its command).
+            write_json_atomic(self.run_dir / CONFIG_FILE, config, indent=2)
             bar = tqdm(total=len(todo), unit="img", desc="eval", disable=not self.progress)
             n_expr = 0
             start = time.perf_counter()
