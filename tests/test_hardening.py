@@ -552,3 +552,71 @@ def test_out_holding_other_files_is_not_overwritten(tmp_path, tiny_clip_dir, cap
     empty = tmp_path / "empty"
     empty.mkdir()
     assert _eval(data_root, tiny_clip_dir, empty, "--limit", "1") == 0  # empty is fine
+
+
+# --- 8. refseg safetensors: the metadata config is checked against the tensors first ----------
+
+
+def _peak_rss_reset() -> None:
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")  # VmHWM := VmRSS
+
+
+def _peak_rss_mb() -> float:
+    with open("/proc/self/status") as status:
+        return int(next(line for line in status if line.startswith("VmHWM:")).split()[1]) / 1024
+
+
+def _with_metadata_config(clip_dir: Path, out_dir: Path, config) -> Path:
+    import shutil
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(clip_dir / "model.safetensors"), framework="pt") as handle:
+        metadata = dict(handle.metadata())
+        state = {key: handle.get_tensor(key) for key in handle.keys()}
+    metadata["config"] = config if isinstance(config, str) else json.dumps(config)
+    out_dir.mkdir()
+    save_file(state, str(out_dir / "model.safetensors"), metadata=metadata)
+    shutil.copy(clip_dir / "tokenizer.json", out_dir / "tokenizer.json")
+    return out_dir
+
+
+def test_metadata_declaring_a_huge_model_allocates_nothing(tmp_path, tiny_clip_dir, tiny_clip):
+    config = tiny_clip.config.to_dict()
+    config["text"]["width"] = 4096  # 2 blocks of 4096 wide: ~1.6 GB of float32 if built
+    config["text"]["heads"] = 64
+    path = _with_metadata_config(tiny_clip_dir, tmp_path / "huge", config)
+    _peak_rss_reset()
+    start_mb = _peak_rss_mb()
+    with pytest.raises(CheckpointFormatError, match="does not match"):
+        load_clip(path, device="cpu")
+    assert _peak_rss_mb() - start_mb < 200
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ("{not json", "not a refseg CLIP config"),
+        ({"vision": {"layers": 2, "colour": 3}}, "not a refseg CLIP config"),
+        ({"vision": {"layers": "two"}}, "layer counts"),
+        ("patch", "invalid CLIP architecture"),  # heads that do not divide the width
+        ({"text": {"layers": 10**9}}, "blocks"),
+    ],
+)
+def test_bad_metadata_configs_are_checkpoint_errors(
+    tmp_path, tiny_clip_dir, tiny_clip, config, message, capsys
+):
+    if config == "patch":
+        config = tiny_clip.config.to_dict()
+        config["text"]["heads"] = 3
+    path = _with_metadata_config(tiny_clip_dir, tmp_path / "bad", config)
+    with pytest.raises(CheckpointFormatError, match=message):
+        load_clip(path, device="cpu")
+    image = tmp_path / "x.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(image)
+    args = ["segment", str(image), "a thing", "--clip", str(path), "--out", str(tmp_path / "m.png")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("refseg: error:") and "internal error" not in err

@@ -101,16 +101,12 @@ def build_model(state_dict: Mapping[str, torch.Tensor], config: CLIPConfig | Non
         CheckpointFormatError: missing, unexpected or wrongly shaped weights (all listed).
     """
     config = config or infer_config(state_dict)
-    try:
-        model = CLIP(config)
-    except (ValueError, TypeError) as exc:
-        raise CheckpointFormatError(f"invalid CLIP architecture {config}: {exc}") from None
-    own = model.state_dict()
+    own = expected_shapes(config, state_dict)
     # BatchNorm's step counter is bookkeeping, not a weight; some exports drop it.
-    state_dict = {
-        **{k: v for k, v in own.items() if k.endswith("num_batches_tracked")},
-        **state_dict,
+    counters = {
+        k: torch.zeros((), dtype=torch.long) for k in own if k.endswith("num_batches_tracked")
     }
+    state_dict = {**counters, **state_dict}
     missing = sorted(set(own) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(own))
     mismatched = [
@@ -118,7 +114,7 @@ def build_model(state_dict: Mapping[str, torch.Tensor], config: CLIPConfig | Non
         for k in own
         if k in state_dict and own[k].shape != state_dict[k].shape
     ]
-    if missing or unexpected or mismatched:
+    if missing or unexpected or mismatched:  # checked on shapes alone: nothing allocated yet
         parts = []
         for label, keys in (
             ("missing", missing),
@@ -131,8 +127,44 @@ def build_model(state_dict: Mapping[str, torch.Tensor], config: CLIPConfig | Non
         raise CheckpointFormatError(
             "checkpoint does not match the CLIP architecture; " + "; ".join(parts)
         )
-    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state_dict.items()}, strict=True)
+    model = CLIP(config)
+    dtypes = {k: v.dtype for k, v in model.state_dict().items()}
+    model.load_state_dict({k: v.to(dtypes[k]) for k, v in state_dict.items()}, strict=True)
     return model.eval()
+
+
+def expected_shapes(
+    config: CLIPConfig, state_dict: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """The state dict a :class:`CLIP` of ``config`` has, as storage-less ``meta`` tensors.
+
+    The model is built on the meta device, so a config declaring a huge model (from a
+    checkpoint's metadata or an HF ``config.json``) costs nothing before the shapes are
+    compared. A config with more blocks than the checkpoint has tensors is refused first.
+
+    Raises:
+        CheckpointFormatError: the config cannot describe a CLIP, or cannot match the weights.
+    """
+    vision_layers = config.vision.layers
+    blocks = [
+        config.text.layers,
+        *(vision_layers if isinstance(vision_layers, tuple) else [vision_layers]),
+    ]
+    if not all(isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in blocks):
+        raise CheckpointFormatError(f"invalid CLIP architecture: layer counts {blocks}")
+    if sum(blocks) > len(state_dict):
+        raise CheckpointFormatError(
+            f"the config declares {sum(blocks)} blocks but the checkpoint holds only "
+            f"{len(state_dict)} tensors: config and weights do not match"
+        )
+    try:
+        with torch.device("meta"):
+            model = CLIP(config)
+    except Exception as exc:  # any constructor failure means a config no CLIP can have
+        raise CheckpointFormatError(
+            f"invalid CLIP architecture {config}: {type(exc).__name__}: {exc}"
+        ) from None
+    return dict(model.state_dict())
 
 
 def _from_directory(directory: Path) -> tuple[CLIP, Path]:
@@ -155,7 +187,7 @@ def _from_file(path: Path) -> CLIP:
     state, metadata = read_state_dict(path)
     config: CLIPConfig | None = None
     if metadata.get("format") == REFSEG_FORMAT:
-        config = CLIPConfig.from_dict(json.loads(metadata["config"]))
+        config = _metadata_config(metadata, path)
     if is_hf_state_dict(state):
         config_path = path.parent / "config.json"
         if not config_path.is_file():
@@ -175,6 +207,21 @@ def _from_file(path: Path) -> CLIP:
         config = infer_config(state)
         _apply_open_clip_config(config, path.parent / "open_clip_config.json")
     return build_model(state, config)
+
+
+def _metadata_config(metadata: Mapping[str, str], path: Path) -> CLIPConfig:
+    """The CLIPConfig in a refseg safetensors' metadata (shapes are checked later).
+
+    Raises:
+        CheckpointFormatError: missing, not JSON, or not a CLIPConfig.
+    """
+    try:
+        return CLIPConfig.from_dict(json.loads(metadata["config"]))
+    except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as exc:
+        raise CheckpointFormatError(
+            f"{path}: the 'config' in its metadata is not a refseg CLIP config "
+            f"({type(exc).__name__}: {str(exc)[:200]})"
+        ) from None
 
 
 def _apply_open_clip_config(config: CLIPConfig, path: Path) -> None:
