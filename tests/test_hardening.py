@@ -620,3 +620,121 @@ def test_bad_metadata_configs_are_checkpoint_errors(
     assert main(args) == 2
     err = capsys.readouterr().err
     assert err.startswith("refseg: error:") and "internal error" not in err
+
+
+# --- 9. One-line user errors (exit 2), outputs checked before computing -----------------------
+
+
+@pytest.fixture
+def segment_base(tmp_path, small_image, tiny_clip_dir):
+    def args(*extra: str, out: str | Path | None = None) -> list[str]:
+        target = tmp_path / "m.png" if out is None else out
+        return ["segment", str(small_image), *extra, "--clip", str(tiny_clip_dir), "--out",
+                str(target), "--proposals", "superpixel", "--device", "cpu"]  # fmt: skip
+
+    return args
+
+
+def _one_line_error(capsys, *needles: str) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("refseg: error:") and "internal error" not in err, err
+    assert all(n in err for n in needles), err
+    return err
+
+
+@pytest.mark.parametrize(
+    "case, needle",
+    [
+        ("directory", "is a directory"),
+        ("no-extension", "extension"),
+        ("unwritable", "not a writable folder"),
+        ("bad-text", "not valid UTF-8"),
+        ("max-pixels-negative", "--max-pixels"),
+        ("max-pixels-zero", "--max-pixels"),
+        ("k-too-deep", "k=50"),
+    ],
+)
+def test_user_errors_are_one_line_and_outputs_are_checked_first(
+    case, needle, tmp_path, segment_base, capsys, monkeypatch
+):
+    from refseg.segmenter import Segmenter
+
+    if case != "k-too-deep":  # these must fail before any model is loaded
+        monkeypatch.setattr(Segmenter, "from_pretrained", classmethod(lambda *a, **k: 1 / 0))
+    (tmp_path / "outdir").mkdir()
+    (tmp_path / "afile").write_text("not a folder")
+    args = {
+        "directory": segment_base("a thing", out=tmp_path / "outdir"),
+        "no-extension": segment_base("a thing", out=tmp_path / "mask"),
+        "unwritable": segment_base("a thing", out=tmp_path / "afile" / "m.png"),
+        "bad-text": segment_base("caf\udce9"),  # what the shell hands Python for raw byte 0xE9
+        "max-pixels-negative": segment_base("a thing", "--max-pixels", "-5"),
+        "max-pixels-zero": segment_base("a thing", "--max-pixels", "0"),
+        "k-too-deep": segment_base("a thing", "--k", "50"),
+    }[case]
+    assert main(args) == 2
+    _one_line_error(capsys, needle)
+
+
+def test_deeply_nested_json_and_pickles_are_user_errors(
+    tmp_path, small_image, tiny_clip_dir, capsys
+):
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    args = _segment_args(small_image, tiny_clip_dir, deep, tmp_path / "m.png")
+    assert main(args) == 2
+    _one_line_error(capsys, "nested too deeply")
+    root = _write_refer(tmp_path / "data", [[1, 1, 5, 1, 5, 4]])
+    scoring = _score_args(root, tmp_path)
+    predictions = scoring[scoring.index("--predictions") + 1]
+    Path(predictions).write_text("[" * 100_000 + "]" * 100_000)
+    assert main(scoring) == 2
+    _one_line_error(capsys, "nested too deeply")
+    (root / "refcoco" / "instances.json").write_text("[" * 100_000 + "]" * 100_000)
+    assert main(_score_args(root, tmp_path)) == 2
+    _one_line_error(capsys, "nested too deeply")
+    nested = b"\x80\x02" + b"]" * 100_000 + b"a" * 99_999 + b"."  # 100k nested lists
+    refs_root = _write_refer(tmp_path / "pickled", [[1, 1, 5, 1, 5, 4]])
+    (refs_root / "refcoco" / "refs(unc).p").write_bytes(nested)
+    assert main(_score_args(refs_root, tmp_path)) == 2
+    _one_line_error(capsys, "refs")
+
+
+def test_service_refuses_foreign_hosts_origins_and_bad_text(serve_segmenter):
+    from fastapi.testclient import TestClient
+
+    from refseg.cli import build_parser
+    from refseg.commands.serve import settings_from_args
+    from refseg.serve import create_app
+    from test_serve_api import png_bytes
+
+    settings = settings_from_args(build_parser().parse_args(["serve"]))  # bound to 127.0.0.1
+    files = {"image": ("a.png", png_bytes(), "image/png")}
+    with TestClient(create_app(serve_segmenter, settings), base_url="http://127.0.0.1:8000") as c:
+        assert c.post("/segment", files=files, data={"text": ["the thing"]}).status_code == 200
+        same = {"Origin": "http://127.0.0.1:8000"}
+        assert (
+            c.post("/segment", files=files, data={"text": ["x"]}, headers=same).status_code == 200
+        )
+        foreign = c.post(
+            "/segment",
+            files=files,
+            data={"text": ["x"]},
+            headers={"Origin": "https://evil.example"},
+        )
+        assert foreign.status_code == 403 and "--allow-origin" in foreign.json()["error"]
+        rebound = c.get("/health", headers={"Host": "evil.example:8000"})  # DNS rebinding
+        assert rebound.status_code == 403
+        assert c.get("/health", headers={"Host": "localhost:8000"}).status_code == 200
+        bad_text = c.post("/segment", files=files, data={"text": ["caf\x8e"]})
+        assert bad_text.status_code == 422 and "UTF-8" in bad_text.json()["error"]
+        deep = c.post("/segment", files=files, data={"text": ["x"], "k": str(10**20)})
+        assert deep.status_code == 400 and "blocks" in deep.json()["error"]
+    allowed = settings_from_args(
+        build_parser().parse_args(["serve", "--allow-origin", "https://app.example"])
+    )
+    with TestClient(create_app(serve_segmenter, allowed), base_url="http://127.0.0.1:8000") as c:
+        ok = c.post(
+            "/segment", files=files, data={"text": ["x"]}, headers={"Origin": "https://app.example"}
+        )
+        assert ok.status_code == 200

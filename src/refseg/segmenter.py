@@ -215,6 +215,20 @@ class Segmenter(System):
             phrase_features=torch.stack([e[3] for e in entries]),
         )
 
+    def check_k(self, k: int | None) -> None:
+        """Refuse an explicit ``k`` deeper than the ViT (the methods would clamp it silently;
+        ResNets have no blocks to mask and ignore ``k``).
+
+        Raises:
+            InputError: ``k`` above the number of vision transformer blocks.
+        """
+        depth = getattr(self.clip.model.visual, "num_blocks", None)
+        if k is not None and depth is not None and k > depth:
+            raise InputError(
+                f"k={k} but this CLIP's vision transformer has only {depth} blocks; "
+                f"pass k in 1..{depth}"
+            )
+
     # -------------------------------------------------------------------- queries
     @torch.inference_mode()
     def scores(
@@ -235,6 +249,7 @@ class Segmenter(System):
         if config.pixels != context.pixel_preset:
             with context.timed("pixels"):
                 self._use_pixels(self.clip, context, config.pixels)
+        self.check_k(params.get("k"))
         with context.timed("text"):
             text = self._encode_texts(texts)
         return chosen.scores(self.clip, context, text, config).float().cpu(), text

@@ -17,7 +17,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from refseg.commands.options import add_model_options, check_device, load_system
+from refseg.commands.options import (
+    add_model_options,
+    check_device,
+    check_max_pixels,
+    check_output_dir,
+    load_system,
+)
 from refseg.errors import DatasetError, InputError
 
 PROPOSALS_HELP = (
@@ -122,11 +128,14 @@ def run(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise InputError(f"--limit must be >= 1; got {args.limit}")
     check_device(args.device)
+    check_max_pixels(args.max_pixels)
     dataset = open_dataset(
         args.dataset, args.name, args.split, split_by=args.split_by, image_dir=args.images
     )
     if dataset.num_expressions == 0:
         raise DatasetError(f"{args.name} {args.split} has no expressions; nothing to evaluate")
+    if args.out:
+        check_output_dir(Path(args.out), "--out")  # before any model loads
     alpha = args.alpha
     if alpha is None and "alpha" in factory_options(args.system):  # the paper's per dataset
         alpha = ALPHA_BY_DATASET.get(args.name.lower())
@@ -148,6 +157,11 @@ def run(args: argparse.Namespace) -> int:
         out = Path(args.out) if args.out else None
         out = out or default_run_dir(args, split_by, None, system.describe())
         run_dir = distributed.shard_dir(out, shard.stem)
+    check_output_dir(run_dir, "--out")
+    check_k = getattr(system, "check_k", None)
+    if callable(check_k):  # an explicit k deeper than the ViT is refused, not clamped
+        for k in [args.k, *(point.get("k") for point in points)]:
+            check_k(k)
     settings: dict[str, Any] = {"dataset_root": args.dataset, "images": args.images}
     given = {"clip": args.clip, "proposals": args.proposals, "spacy": args.spacy}
     settings.update({key: value for key, value in given.items() if value is not None})

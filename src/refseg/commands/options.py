@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from refseg.errors import InputError
@@ -132,6 +135,59 @@ def load_system(args: argparse.Namespace, **overrides: Any) -> Any:
     from refseg.systems import load
 
     return load(args.system, **system_kwargs(args, **overrides))
+
+
+def check_max_pixels(max_pixels: int | None) -> None:
+    """``--max-pixels`` must be a positive pixel count (0 and negatives are refused: to keep
+    full resolution, pass a number above the image's pixel count)."""
+    if max_pixels is not None and max_pixels < 1:
+        raise InputError(f"--max-pixels must be a positive number of pixels; got {max_pixels}")
+
+
+def check_texts(texts: Iterable[str]) -> None:
+    """Refuse text arguments that are not valid UTF-8 (the shell passed raw bytes)."""
+    for number, text in enumerate(texts, 1):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InputError(
+                f"expression {number} is not valid UTF-8 text: {text.encode('utf-8', 'replace')!r}"
+            ) from None
+
+
+def check_output_file(path: str | os.PathLike, option: str, image: bool = False) -> None:
+    """Fail now, before any computation, if ``path`` cannot be written as a file: a
+    directory, a missing extension (images: one Pillow writes), or a folder that is not
+    writable.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{option} {path} is a directory; name a file inside it")
+    if image:
+        from PIL import Image
+
+        if path.suffix.lower() not in Image.registered_extensions():
+            raise InputError(
+                f"{option} {path} needs an image file extension such as .png (got "
+                f"{path.suffix or 'none'})"
+            )
+    parent = path.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"cannot write {option} {path}: {parent} is not a writable folder")
+
+
+def check_output_dir(path: str | os.PathLike, option: str) -> None:
+    """Fail now if ``path`` cannot become a directory we write into."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{option} {path} is a file; pass a directory")
+    existing = path.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"cannot write {option} {path}: {existing} is not a writable folder")
 
 
 def check_device(device: str | None) -> None:

@@ -10,6 +10,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
+from refseg.commands.options import check_output_file
 from refseg.errors import DatasetError, InputError
 
 if TYPE_CHECKING:  # the command's parser is built on every `refseg --help`: keep it light
@@ -47,6 +48,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.out:
+        check_output_file(args.out, "--out")
     from refseg.data import open_dataset
     from refseg.eval.predictions import read_predictions, score_predictions, write_json_atomic
 

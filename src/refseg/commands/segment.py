@@ -11,7 +11,14 @@ import argparse
 import json
 from pathlib import Path
 
-from refseg.commands.options import add_model_options, check_device, load_system
+from refseg.commands.options import (
+    add_model_options,
+    check_device,
+    check_max_pixels,
+    check_output_file,
+    check_texts,
+    load_system,
+)
 from refseg.errors import InputError
 
 
@@ -58,10 +65,21 @@ def run(args: argparse.Namespace) -> int:
     from refseg.systems.base import VisualPrompt
 
     check_device(args.device)
+    check_max_pixels(args.max_pixels)
+    check_texts(args.texts)
     if (args.prompt_image is None) != (args.prompt_mask is None):
         raise InputError("a visual prompt needs both --prompt-image and --prompt-mask")
     if not args.texts and args.prompt_image is None:
         raise InputError("give at least one expression (TEXT), or a visual prompt")
+    count = max(len(args.texts), 1)
+    for option, path in (
+        ("--out", args.out),
+        ("--overlay", args.overlay),
+        ("--heatmap", args.heatmap),
+    ):
+        for output in output_paths(path, count):
+            if output is not None:  # every file is checked before any computation
+                check_output_file(output, option, image=True)
     image = load_image(args.image)  # fail on a bad image before loading any model
     options = {}
     if args.prompt_image is not None:
@@ -70,6 +88,9 @@ def run(args: argparse.Namespace) -> int:
     system.check_options(options)  # a system without visual prompts: refuse before any work
     if args.heatmap and not system.dense:
         raise InputError(f"--heatmap needs a dense system; {system.name} has no probability map")
+    check_k = getattr(system, "check_k", None)
+    if callable(check_k):
+        check_k(args.k)
     system.set_image(image, image_key=Path(args.image).name)
     results = system.query(args.texts, **options)
     masks = output_paths(args.out, len(results))

@@ -13,7 +13,7 @@ import socket
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from refseg.commands.options import add_model_options, check_device, load_system
+from refseg.commands.options import add_model_options, check_device, check_max_pixels, load_system
 from refseg.errors import InputError
 
 if TYPE_CHECKING:
@@ -42,6 +42,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--cache-mb", type=float, help="memory those images may hold together (default 512 MiB)"
     )
     parser.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="also accept requests from pages at ORIGIN (e.g. https://app.example; repeat; "
+        "'*' for any). Default: only the server's own page, addressed by the --host name",
+    )
+    parser.add_argument(
         "--log-level", default="info", choices=("debug", "info", "warning", "error")
     )
     parser.set_defaults(func=run)
@@ -59,9 +67,20 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
         "max_texts": args.max_texts,
         "timeout_s": args.timeout,
         "cache_size": args.cache_size,
+        "allowed_hosts": allowed_hosts(args.host, args.allow_origin),
+        "allowed_origins": tuple(args.allow_origin),
         "cache_bytes": None if args.cache_mb is None else int(args.cache_mb * 1024 * 1024),
     }
     return replace(ServeSettings(), **{k: v for k, v in values.items() if v is not None})
+
+
+def allowed_hosts(host: str, origins: list[str]) -> tuple[str, ...] | None:
+    """Host names the server answers to: its bind address (every loopback name when that is
+    loopback) and the hosts of ``--allow-origin``; ``None`` (any) for 0.0.0.0 or ``*``."""
+    from refseg.serve.guards import allowed_host_names
+
+    names = allowed_host_names(host, origins)
+    return None if names is None else tuple(sorted(names))
 
 
 def check_port(host: str, port: int) -> None:
@@ -94,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
     )
     settings = settings_from_args(args)
     check_device(args.device)
+    check_max_pixels(args.max_pixels)
     check_port(args.host, args.port)
     log.info("loading %s (CLIP %s) ...", args.system, args.clip or "default")
     segmenter = load_system(args)

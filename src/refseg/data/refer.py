@@ -516,6 +516,8 @@ def load_json(path: Path) -> Any:
             return json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DatasetError(f"{path} is not valid JSON ({exc}); {README_HINT}") from None
+    except RecursionError:
+        raise DatasetError(f"{path} is nested too deeply to be a dataset file") from None
 
 
 def _resolve_image_dir(root: Path, name: str, image_dir: str | os.PathLike | None) -> Path:

@@ -58,6 +58,8 @@ def read_predictions(path: str | os.PathLike) -> dict[int, dict[str, Any]]:
         ) from None
     except UnicodeDecodeError:
         raise InputError(f"{path} is not a UTF-8 text file; expected a JSON list") from None
+    except RecursionError:
+        raise InputError(f"{path} is nested too deeply to be a predictions file") from None
     if not isinstance(data, list):
         raise InputError(
             f"{path} must hold a JSON list of prediction records; got {type(data).__name__}"

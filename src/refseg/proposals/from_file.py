@@ -263,6 +263,8 @@ def read_json(path: Path, what: str) -> Any:
             return json.load(stream)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"{path} is not valid JSON ({exc}); expected {what}") from None
+    except RecursionError:
+        raise InputError(f"{path} is nested too deeply to be {what}") from None
 
 
 def _group_results(entries: Any, source: str, known: dict[int, ImageRecord]) -> list[ImageRecord]:

@@ -19,6 +19,7 @@ import asyncio
 import base64
 import io
 import logging
+import re
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -57,6 +58,10 @@ log = logging.getLogger("refseg.serve")
 STATIC_DIR = resources.files("refseg") / "serve" / "static"
 # Heat maps are sent at most this many pixels on their long side (the page scales them).
 HEATMAP_SIDE = 512
+# What invalid UTF-8 in a text part becomes: Starlette decodes a part that is not UTF-8 as
+# Latin-1, which turns bytes 0x80-0x9F into C1 control characters (never typed in text);
+# U+FFFD is what other decoders leave. Latin-1 letters (0xA0-0xFF) cannot be told apart.
+_NOT_UTF8 = re.compile("[\u0080-\u009f\ufffd]")
 # Room for the multipart envelope and text fields on top of the image in Content-Length.
 FORM_OVERHEAD_BYTES = 256 * 1024
 
@@ -269,6 +274,8 @@ def check_texts(
     """Strip the expressions and enforce the limits (raises :class:`ApiError`); no
     expression at all is fine with ``allow_none`` (a visual prompt alone)."""
     texts = [t.strip() for t in texts]
+    if any(_NOT_UTF8.search(t) for t in texts):
+        raise ApiError(422, "an expression is not valid UTF-8 text: send text parts as UTF-8")
     if not texts and not allow_none:
         raise ApiError(
             422, "invalid request: text: give an expression (or an example image and its mask)"
