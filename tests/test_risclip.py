@@ -91,7 +91,7 @@ def test_cfe_pairs_follow_the_shallower_tower():
 def test_presets_and_ablation_switches(small_clip):
     assert preset("vit-b16-refcoco").taps(12) == (2, 5, 8, 11)
     assert preset("vit-l14-refcoco").taps(24) == (5, 11, 17, 23)
-    assert preset("shapes").image_size == 224
+    assert preset("shapes").image_size == 112
     bare = TINY.ablated(use_adapters=False, use_cfe=False, use_ske=False, use_decoder=False)
     model = Risclip(small_clip.model, bare, small_clip.tokenizer.eot_id)
     trained = {k for k in model.trained_state() if "running" not in k}
