@@ -2,10 +2,32 @@
 
 Modules: :mod:`.config` (settings and presets, [D] fields), :mod:`.adapters`, :mod:`.cfe`,
 :mod:`.ske` (SKE reconstruction and grounding head), :mod:`.decoder` (LAVT's),
-:mod:`.model` (the assembled network), :mod:`.losses` (DICE + focal).
+:mod:`.model` (the assembled network), :mod:`.losses` (DICE + focal), :mod:`.data`,
+:mod:`.evaluate`, :mod:`.io` (checkpoints), :mod:`.task` (the two training stages) and
+:mod:`.system` (the dense system ``risclip``).
 """
+
+from __future__ import annotations
+
+from typing import Any
 
 from refseg.risclip.config import PRESETS, RisclipConfig, preset
 from refseg.risclip.model import Risclip, RisclipOutput, cfe_pairs
 
-__all__ = ["PRESETS", "Risclip", "RisclipConfig", "RisclipOutput", "cfe_pairs", "preset"]
+
+def build_system(**kwargs: Any) -> Any:
+    """The ``risclip`` system factory (imported lazily: it needs :mod:`refseg.systems`)."""
+    from refseg.risclip.system import build_system as build
+
+    return build(**kwargs)
+
+
+__all__ = [
+    "PRESETS",
+    "Risclip",
+    "RisclipConfig",
+    "RisclipOutput",
+    "build_system",
+    "cfe_pairs",
+    "preset",
+]
