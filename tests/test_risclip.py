@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -237,3 +238,29 @@ def test_overfits_one_image_expression_pair(small_clip):
         pred = torch.sigmoid(model(batch["pixels"], batch["tokens"]).mask_logits)[0] > 0.5
     assert losses[-1] < losses[0]
     assert iou(pred.numpy(), mask[0].numpy().astype(bool)) > 0.95
+
+
+def test_dense_system_serves_a_checkpoint(small_clip, shapes_root, tmp_path):
+    pytest.importorskip("refseg.systems")
+    from refseg.systems.base import load
+
+    from refseg.clip import save_clip
+
+    task = _task(1, small_clip, shapes_root)
+    model = task.build_model()
+    with torch.no_grad():
+        model.grounding.bias.fill_(-3.0)
+    task.save_artifact(model, tmp_path / "ckpt")
+    clip_dir = save_clip(small_clip.model, small_clip.tokenizer, tmp_path / "clip")
+    system = load("risclip", checkpoint=str(tmp_path / "ckpt"), clip=str(clip_dir), device="cpu")
+    image = task.train_dataset().dataset[0].load_image().resize((48, 40))
+    system.set_image(image)
+    (result,) = system.query(["the red circle"])
+    assert result.probability.shape == (40, 48)
+    pixels = system.encode_image(image)
+    with torch.no_grad():
+        logits = model.eval()(pixels, small_clip.tokenize(["the red circle"])).mask_logits
+        expected = torch.sigmoid(F.interpolate(logits[:, None], size=(40, 48), mode="bilinear"))
+    np.testing.assert_allclose(result.probability, expected[0, 0].numpy(), atol=1e-5)
+    assert np.array_equal(result.mask, result.probability > 0.5)
+    assert system.describe()["use_decoder"] is False

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import torch
 from PIL import Image
 
+from refseg.clip import LoadedClip, load_clip
 from refseg.image_io import DEFAULT_MAX_PIXELS
 from refseg.risclip.data import image_pixels
 from refseg.risclip.io import load_risclip, resolve
@@ -31,7 +32,7 @@ class RisclipSystem(DenseSystem):
     def __init__(
         self,
         model: Risclip,
-        clip: Any,
+        clip: LoadedClip,
         source: str,
         *,
         threshold: float | None = None,
@@ -81,12 +82,18 @@ class RisclipSystem(DenseSystem):
 def build_system(
     checkpoint: str | os.PathLike = "risclip-shapes",
     *,
+    clip: str | os.PathLike | None = None,
     threshold: float | None = None,
     device: str | None = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> RisclipSystem:
-    """``refseg.load("risclip", checkpoint=..., threshold=...)``; default: the packaged model."""
+    """``refseg.load("risclip", checkpoint=..., threshold=...)``; default: the packaged model.
+
+    ``clip`` overrides where the checkpoint's frozen CLIP is loaded from (its name is in the
+    checkpoint's config; e.g. a local copy of ``ViT-B/16``).
+    """
     resolve(checkpoint)  # a missing checkpoint is a user error before anything loads
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, clip = load_risclip(checkpoint, device=device)
-    return RisclipSystem(model, clip, str(checkpoint), threshold=threshold, max_pixels=max_pixels)
+    loaded = None if clip is None else load_clip(clip, device="cpu")
+    model, loaded = load_risclip(checkpoint, device=device, clip=loaded)
+    return RisclipSystem(model, loaded, str(checkpoint), threshold=threshold, max_pixels=max_pixels)
