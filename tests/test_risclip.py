@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -127,13 +128,14 @@ def shapes_root(tmp_path_factory):
     return root
 
 
-def _task(stage, small_clip, shapes_root, init=None, **model) -> RisclipTask:
+def _task(stage, small_clip, shapes_root, init=None, val="val", **model) -> RisclipTask:
     config = RisclipTaskConfig(
         stage=stage,
         model=TINY.ablated(**model) if model else TINY,
         data_root=shapes_root,
         dataset="shapesref",
         init=init,
+        val_split=val,
         val_limit=8,
     )
     return RisclipTask(config, clip=small_clip)
@@ -264,3 +266,20 @@ def test_dense_system_serves_a_checkpoint(small_clip, shapes_root, tmp_path):
     np.testing.assert_allclose(result.probability, expected[0, 0].numpy(), atol=1e-5)
     assert np.array_equal(result.mask, result.probability > 0.5)
     assert system.describe()["use_decoder"] is False
+
+
+def test_the_training_loop_runs_both_stages(small_clip, shapes_root, tmp_path):
+    loop = pytest.importorskip("refseg.train.loop")
+    clip_before = {k: v.clone() for k, v in small_clip.model.state_dict().items()}
+    config = loop.LoopConfig(
+        out_dir=tmp_path / "s1", steps=2, batch_size=2, progress=False, threads=1
+    )
+    result = loop.train(_task(1, small_clip, shapes_root, val=None), config)
+    assert result.record["model"]["use_decoder"] is False
+    assert all(torch.equal(v, small_clip.model.state_dict()[k]) for k, v in clip_before.items())
+    stage2 = _task(2, small_clip, shapes_root, init=tmp_path / "s1", val=None)
+    config = dataclasses.replace(config, out_dir=tmp_path / "s2")
+    loop.train(stage2, config)
+    loaded, _ = load_risclip(tmp_path / "s2", clip=small_clip)
+    assert loaded.decoder is not None
+    assert read_risclip(tmp_path / "s2")[1] == 2

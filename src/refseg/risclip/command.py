@@ -1,0 +1,87 @@
+"""``refseg train risclip``: one RISCLIP training stage on any refer-layout dataset.
+
+Stage 1 (``--stage 1``) trains adapters, CFE and SKE against the patch-level mask; stage 2
+(``--stage 2 --init STAGE1_DIR``) trains the decoder alone. The loop's options (``--out``,
+``--steps``, ``--batch-size``, ``--mixed-precision``, ``--resume`` ...) are the shared ones of
+:func:`refseg.train.loop.add_loop_arguments`; without ``--steps`` the preset's epochs for the
+stage are converted to steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from refseg.risclip.config import PRESETS, preset
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    """Add ``risclip`` under ``refseg train``."""
+    from refseg.train.options import add_loop_arguments
+
+    parser = commands.add_parser(
+        "risclip",
+        help="train RISCLIP (stage 1: adapters/CFE/SKE; stage 2: decoder) on a refer dataset",
+        description=__doc__.splitlines()[0],
+    )
+    parser.add_argument("--stage", type=int, choices=(1, 2), required=True)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="vit-b16-refcoco")
+    parser.add_argument("--data", required=True, type=Path, help="dataset root (refer layout)")
+    parser.add_argument("--name", required=True, help="dataset folder: refcoco, shapesref, ...")
+    parser.add_argument("--split-by", help="refer split (default: the dataset's usual one)")
+    parser.add_argument("--images", type=Path, help="image folder, if not under the root")
+    parser.add_argument("--init", type=Path, help="stage 2: the stage-1 output directory")
+    parser.add_argument("--clip", help="CLIP name or path overriding the preset's")
+    parser.add_argument("--epochs", type=float, help="epochs when --steps is not given")
+    parser.add_argument("--lr", type=float, help="AdamW learning rate (preset's otherwise)")
+    parser.add_argument("--val-limit", type=int, default=500, help="val expressions scored")
+    for part in ("adapters", "cfe", "ske"):
+        parser.add_argument(f"--no-{part}", action="store_true", help=f"ablation: no {part}")
+    add_loop_arguments(
+        parser,
+        {"seed": 0},
+        set_elsewhere={"steps": "the preset's epochs", "batch_size": "the preset's"},
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from refseg.risclip.task import RisclipTask, RisclipTaskConfig
+    from refseg.train.loop import train
+    from refseg.train.options import loop_config_from_args
+
+    overrides = {
+        "use_adapters": not args.no_adapters,
+        "use_cfe": not args.no_cfe,
+        "use_ske": not args.no_ske,
+    }
+    if args.clip:
+        overrides["clip"] = args.clip
+    if args.lr:
+        overrides["lr"] = args.lr
+    model = preset(args.preset, **overrides)
+    task = RisclipTask(
+        RisclipTaskConfig(
+            stage=args.stage,
+            model=model,
+            data_root=args.data,
+            dataset=args.name,
+            split_by=args.split_by,
+            image_dir=args.images,
+            init=args.init,
+            val_limit=args.val_limit,
+        )
+    )
+    batch_size = args.batch_size or model.batch_size
+    steps = args.steps
+    if steps is None:
+        epochs = args.epochs or (model.epochs_stage1 if args.stage == 1 else model.epochs_stage2)
+        steps = task.steps_for_epochs(epochs, batch_size)
+    command = shlex.join(["refseg", *sys.argv[1:]]) if sys.argv[1:] else None
+    config = loop_config_from_args(args, steps=steps, batch_size=batch_size, command=command)
+    result = train(task, config)
+    val = result.record.get("evaluation") or {}
+    print(f"saved {config.out_dir}: {task.name}, {steps} steps; val {val}")
+    return 0
