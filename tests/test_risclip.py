@@ -152,7 +152,7 @@ def _train(task: RisclipTask, model: torch.nn.Module, steps: int, batch: dict) -
         loss.backward()
         optimizer.step()
         scheduler.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     return losses
 
 
@@ -231,10 +231,10 @@ def test_overfits_one_image_expression_pair(small_clip):
         "mask": mask,
     }
     model.set_stage(1)
-    _train(task, model, 60, batch)
+    _train(task, model, 30, batch)
     model.set_stage(2)
     task.stage = 2
-    losses = _train(task, model, 120, batch)
+    losses = _train(task, model, 90, batch)
     model.eval()
     with torch.no_grad():
         pred = torch.sigmoid(model(batch["pixels"], batch["tokens"]).mask_logits)[0] > 0.5
