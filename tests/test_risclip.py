@@ -283,3 +283,14 @@ def test_the_training_loop_runs_both_stages(small_clip, shapes_root, tmp_path):
     loaded, _ = load_risclip(tmp_path / "s2", clip=small_clip)
     assert loaded.decoder is not None
     assert read_risclip(tmp_path / "s2")[1] == 2
+
+
+def test_packaged_risclip_shapes_loads_offline():
+    model, clip = load_risclip("risclip-shapes")
+    assert model.config.clip == "shapes-vit" and model.decoder is not None
+    assert all(not p.requires_grad or p.grad is None for p in model.parameters())
+    tokens = clip.tokenize(["the red circle"])
+    with torch.no_grad():
+        out = model(torch.zeros(1, 3, 112, 112), tokens)
+    assert out.patch_logits.shape == (1, 7, 7) and out.mask_logits.shape == (1, 112, 112)
+    assert torch.isfinite(out.mask_logits).all()
