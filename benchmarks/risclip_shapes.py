@@ -43,7 +43,7 @@ def grounding_only(clip, val: ExpressionSamples) -> tuple[Risclip, float]:
         use_adapters=False, use_cfe=False, use_ske=False, use_decoder=False
     )
     model = Risclip(clip.model, config, clip.tokenizer.eot_id).eval()
-    scale = float(model.grounding.scale)
+    scale = model.grounding.scale.item()
     best = (-1.0, 0.0)
     for tau in COS_GRID:
         with torch.no_grad():
