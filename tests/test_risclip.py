@@ -243,10 +243,8 @@ def test_overfits_one_image_expression_pair(small_clip):
 
 
 def test_dense_system_serves_a_checkpoint(small_clip, shapes_root, tmp_path):
-    pytest.importorskip("refseg.systems")
-    from refseg.systems.base import load
-
     from refseg.clip import save_clip
+    from refseg.systems import load
 
     task = _task(1, small_clip, shapes_root)
     model = task.build_model()
@@ -269,7 +267,8 @@ def test_dense_system_serves_a_checkpoint(small_clip, shapes_root, tmp_path):
 
 
 def test_the_training_loop_runs_both_stages(small_clip, shapes_root, tmp_path):
-    loop = pytest.importorskip("refseg.train.loop")
+    from refseg.train import loop
+
     clip_before = {k: v.clone() for k, v in small_clip.model.state_dict().items()}
     config = loop.LoopConfig(
         out_dir=tmp_path / "s1", steps=2, batch_size=2, progress=False, threads=1

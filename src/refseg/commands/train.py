@@ -92,6 +92,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help=f"held-out pairs for the retrieval accuracy (default: {base.held_out_size})",
     )
     clip.set_defaults(func=run)
+    from refseg.risclip.command import add_parser as add_risclip
+
+    add_risclip(commands)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from refseg.image_io import DEFAULT_MAX_PIXELS
 from refseg.risclip.config import PRESETS, RisclipConfig, preset
 from refseg.risclip.model import Risclip, RisclipOutput, cfe_pairs
 
@@ -22,7 +23,7 @@ def build_system(
     clip: str | os.PathLike | None = None,
     threshold: float | None = None,
     device: str | None = None,
-    max_pixels: int | None | str = "default",
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> Any:
     """``refseg.load("risclip", ...)``: see :func:`refseg.risclip.system.build_system`.
 

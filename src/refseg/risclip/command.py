@@ -24,7 +24,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "risclip",
         help="train RISCLIP (stage 1: adapters/CFE/SKE; stage 2: decoder) on a refer dataset",
-        description=__doc__.splitlines()[0],
+        description=__doc__.splitlines()[0].replace("``", ""),
     )
     parser.add_argument("--stage", type=int, choices=(1, 2), required=True)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="vit-b16-refcoco")

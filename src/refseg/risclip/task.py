@@ -28,6 +28,7 @@ from refseg.risclip.evaluate import evaluate_samples
 from refseg.risclip.io import load_state, read_risclip, save_risclip
 from refseg.risclip.losses import risclip_loss
 from refseg.risclip.model import Risclip
+from refseg.train.loop import TaskBase
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ class RisclipTaskConfig:
             raise InputError("stage 2 starts from a stage-1 checkpoint: pass --init DIR")
 
 
-class RisclipTask:
+class RisclipTask(TaskBase):
     """A :class:`refseg.train.loop.TrainTask` for one RISCLIP stage."""
 
     best_metric: str | None = "oIoU"
