@@ -1,7 +1,8 @@
 """``refseg train MODEL``: train models on the one training loop (:mod:`refseg.train.loop`).
 
 ``refseg train clip`` trains a tiny CLIP preset on ShapesRef (the packaged demo models);
-``refseg train risclip`` one RISCLIP stage (:mod:`refseg.risclip.command`). The loop's options (:func:`refseg.train.loop.add_loop_arguments`) are shared by every model kind;
+``refseg train risclip`` one RISCLIP stage (:mod:`refseg.risclip.command`). The loop's
+options (:func:`refseg.train.loop.add_loop_arguments`) are shared by every model kind;
 ``--help`` shows every default, and the options a preset sets say so.
 """
 
