@@ -8,7 +8,6 @@ converted to such types (:func:`rng_state`), so no pickle of arbitrary objects i
 from __future__ import annotations
 
 import json
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -17,26 +16,16 @@ import numpy as np
 import torch
 
 from refseg.errors import CheckpointFormatError, CheckpointNotFoundError
+from refseg.fileio import atomic_open
 
 FORMAT = "refseg-train-checkpoint/1"
 
 
 def save_atomic(path: Path, state: dict[str, Any]) -> None:
-    """``torch.save`` ``state`` to ``path`` through a temporary file in the same folder and
-    an atomic rename: a reader (or a crash) never sees half a checkpoint. The file's mode
-    follows the umask. (Not :func:`refseg.fileio.write_atomic`, which takes bytes: this
-    streams, so a large checkpoint is never held twice in memory.)"""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """``torch.save`` ``state`` to ``path`` atomically (:func:`refseg.fileio.atomic_open`): a
+    reader (or a crash) never sees half a checkpoint, and the file's mode follows the umask."""
+    with atomic_open(path) as f:
+        torch.save(state, f)
 
 
 def load(path: Path) -> dict[str, Any]:
