@@ -36,7 +36,7 @@ The API (contract B of the project):
   :func:`available_systems`, :func:`load` (``refseg.load``) by name, or by path when a
   registered ``detect(path)`` claims the path. Built-in names: ``global-local``,
   ``maskclip``, and -- when their packages are installed -- ``clipseg``
-  (``refseg.clipseg:build_system``) and ``risclip`` (``refseg.risclip:build_system``).
+  (``refseg.clipseg:build_system``) and ``risclip`` (``refseg.risclip.system:build_system``).
   A factory takes keyword arguments only and returns a ready :class:`System`.
 """
 
@@ -534,7 +534,7 @@ def _register_builtins() -> None:
     )
     register_system(
         "risclip",
-        "refseg.risclip:build_system",
+        "refseg.risclip.system:build_system",
         "RISCLIP: frozen CLIP with adapters and cross-modal modules, trained for RIS",
     )
 
