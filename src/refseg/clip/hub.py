@@ -63,7 +63,7 @@ def download_checkpoint(
     Raises:
         CheckpointNotFoundError: not cached and the Hub cannot be reached.
     """
-    weights, tokenizer = _download(
+    weights, tokenizer = download_files(
         name, checkpoint.repo_id, (checkpoint.weights_file, checkpoint.tokenizer_file), cache_dir
     )
     return weights, tokenizer
@@ -73,12 +73,18 @@ def download_tokenizer(
     name: str, checkpoint: HubCheckpoint, cache_dir: str | os.PathLike | None = None
 ) -> Path:
     """Path of a named checkpoint's ``tokenizer.json`` alone (the weights are not fetched)."""
-    return _download(name, checkpoint.repo_id, (checkpoint.tokenizer_file,), cache_dir)[0]
+    return download_files(name, checkpoint.repo_id, (checkpoint.tokenizer_file,), cache_dir)[0]
 
 
-def _download(
-    name: str, repo_id: str, files: tuple[str, ...], cache_dir: str | os.PathLike | None
+def download_files(
+    name: str,
+    repo_id: str,
+    files: tuple[str, ...],
+    cache_dir: str | os.PathLike | None,
+    kind: str = "CLIP",
 ) -> list[Path]:
+    """Cached paths of ``files`` of ``repo_id``, downloading if not cached (``kind`` names
+    the model family in error messages; CLIPSeg's registry uses this too)."""
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
@@ -94,7 +100,7 @@ def _download(
         pass
     if not hub_reachable():
         raise CheckpointNotFoundError(
-            f"CLIP {name!r} is not in the Hugging Face cache and the Hub cannot be reached. "
+            f"{kind} {name!r} is not in the Hugging Face cache and the Hub cannot be reached. "
             f"On a machine with internet run `hf download {repo_id} {' '.join(files)}` "
             "and copy the cache (HF_HOME) here, or pass a local checkpoint path instead."
         )
@@ -102,5 +108,5 @@ def _download(
         return fetch(local_only=False)
     except Exception as exc:  # network, auth or missing-file errors from the Hub
         raise CheckpointNotFoundError(
-            f"could not download CLIP {name!r} from {repo_id}: {exc}"
+            f"could not download {kind} {name!r} from {repo_id}: {exc}"
         ) from None

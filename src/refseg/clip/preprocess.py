@@ -9,22 +9,29 @@ from PIL import Image
 from refseg.clip.config import PreprocessConfig
 
 RESIZE_MODES = ("center_crop", "squash")
+RESAMPLE_FILTERS = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
 
 
-def resize_for_clip(image: Image.Image, size: int, mode: str = "center_crop") -> Image.Image:
+def resize_for_clip(
+    image: Image.Image, size: int, mode: str = "center_crop", resample: str = "bicubic"
+) -> Image.Image:
     """Resize an RGB image to ``size x size``.
 
-    ``center_crop`` resizes the short side to ``size`` (bicubic) and crops the centre, as
-    CLIP does; ``squash`` resizes straight to the square (the Global-Local reference code).
+    ``center_crop`` resizes the short side to ``size`` and crops the centre, as CLIP does;
+    ``squash`` resizes straight to the square (the Global-Local reference code). ``resample``
+    is bicubic (CLIP) or bilinear (CLIPSeg's loaders).
     """
+    if resample not in RESAMPLE_FILTERS:
+        raise ValueError(f"resample must be one of {sorted(RESAMPLE_FILTERS)}; got {resample!r}")
+    flt = RESAMPLE_FILTERS[resample]
     if mode == "squash":
-        return image.resize((size, size), Image.Resampling.BICUBIC)
+        return image.resize((size, size), flt)
     if mode != "center_crop":
         raise ValueError(f"resize mode must be one of {RESIZE_MODES}; got {mode!r}")
     width, height = image.size
     scale = size / min(width, height)
     new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
-    image = image.resize((new_w, new_h), Image.Resampling.BICUBIC)
+    image = image.resize((new_w, new_h), flt)
     left, top = (new_w - size) // 2, (new_h - size) // 2
     return image.crop((left, top, left + size, top + size))
 
