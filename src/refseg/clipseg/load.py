@@ -130,9 +130,10 @@ def official_config(
     return CLIPSegConfig(decoder=decoder, image_size=image_size)
 
 
-def _resolve_clip(
+def resolve_clip(
     clip: str | os.PathLike | LoadedClip | None, cache_dir: str | os.PathLike | None
 ) -> LoadedClip:
+    """A :class:`LoadedClip` (on CPU) from a name, a path or itself; ``None``: ViT-B/16."""
     if isinstance(clip, LoadedClip):
         return clip
     return load_clip(clip or DEFAULT_CLIP, device="cpu", cache_dir=cache_dir)
@@ -145,7 +146,7 @@ def _from_official(
     layers: tuple[int, ...] | None,
     cache_dir: str | os.PathLike | None,
 ) -> tuple[CLIPSeg, ClipTokenizer]:
-    loaded_clip = _resolve_clip(clip, cache_dir)
+    loaded_clip = resolve_clip(clip, cache_dir)
     state = convert_official_state_dict(state)
     config = official_config(loaded_clip.model, state, layers or PAPER_LAYERS)
     return build_clipseg(loaded_clip.model.float().cpu(), state, config), loaded_clip.tokenizer
@@ -203,7 +204,7 @@ def _from_refseg(
             and (path.parent / source).exists()
         ):
             source = path.parent / source
-        loaded_clip = _resolve_clip(source, cache_dir)
+        loaded_clip = resolve_clip(source, cache_dir)
         clip_model, tokenizer = loaded_clip.model.float().cpu(), loaded_clip.tokenizer
         expected = metadata.get("clip_fingerprint")
         if expected and clip_fingerprint(clip_model) != expected:
