@@ -106,6 +106,7 @@ class CLIPSegTask(TaskBase):
         self._support_cache: dict[tuple[int, int], torch.Tensor] = {}
         self._feature_cache: dict[tuple[int, ...], list[torch.Tensor]] = {}
         self._feature_bytes = 0
+        self._last_scores: dict[str, float] | None = None
 
     # -- pieces -------------------------------------------------------------------------
 
@@ -228,7 +229,8 @@ class CLIPSegTask(TaskBase):
         """Write the model with the threshold that maximises val mIoU (if a val split)."""
         loaded = self.loaded(model)
         if self.config.val_split is not None:
-            scores = validation_scores(
+            # The loop evaluates the same weights just before saving them.
+            scores = self._last_scores or validation_scores(
                 loaded, self._open(self.config.val_split), self.config.eval_expressions
             )
             best = max(THRESHOLDS, key=lambda t: scores[f"miou@{t}"])
