@@ -159,3 +159,28 @@ def test_paper_layers_differ_from_hf_compat(hf_pair, hf_dirs):
     with torch.no_grad():
         diff = (ours.model(pixels, cond) - paper.model(pixels, cond)).abs().max()
     assert diff > 1e-3
+
+
+def test_registry_name_loads_from_the_hub_cache_offline(hf_dirs, tmp_path, monkeypatch):
+    """``clipseg-rd64-refined`` resolves to CIDAS/clipseg-rd64-refined in huggingface_hub's
+    cache (a fake one holding the HF directory's files), with no network."""
+    from huggingface_hub import constants
+
+    from refseg.errors import CheckpointNotFoundError
+    from test_clip_load import _fake_hub_cache
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    _, directory = hf_dirs[True]
+    files = {path.name: path.read_bytes() for path in directory.iterdir()}
+    assert {"config.json", "model.safetensors", "vocab.json", "merges.txt"} <= set(files)
+    _fake_hub_cache(tmp_path / "cache", "CIDAS/clipseg-rd64-refined", files)
+    named = load_clipseg(
+        "clipseg-rd64-refined", cache_dir=tmp_path / "cache", extract_layers="hf_compat"
+    )
+    direct = load_clipseg(directory, extract_layers="hf_compat", device="cpu")
+    pixels, cond = torch.randn(1, 3, 32, 32), torch.randn(1, 24)
+    with torch.no_grad():
+        assert torch.equal(named.model.cpu()(pixels, cond), direct.model(pixels, cond))
+    with pytest.raises(CheckpointNotFoundError, match="CIDAS/clipseg-rd64"):
+        load_clipseg("clipseg-rd64", cache_dir=tmp_path / "empty")
