@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from refseg.clip.loaded import LoadedClip
-from refseg.clipseg.config import PAPER_LAYERS, CLIPSegConfig
+from refseg.clipseg.config import IMAGENET_MEAN, IMAGENET_STD, PAPER_LAYERS, CLIPSegConfig
 from refseg.clipseg.data import SampleConfig, SegmentationSamples, collate
 from refseg.clipseg.load import resolve_clip, save_clipseg
 from refseg.clipseg.loaded import LoadedCLIPSeg
@@ -47,7 +47,8 @@ class CLIPSegTaskConfig:
         clip: the frozen CLIP (name or path); it must be a ViT.
         clip_source: recorded in the shipped file instead of the CLIP weights (decoder-only
             artefact); ``None`` writes the CLIP into the file too.
-        image_size, extract_layers, reduce_dim, refined, heads, ffn_dim, dropout: the model.
+        image_size, pixel_stats, extract_layers, reduce_dim, refined, heads, ffn_dim,
+            dropout: the model and its input pipeline.
         lr, lr_min, weight_decay: AdamW with cosine decay from ``lr`` to ``lr_min``.
         sample: how samples are drawn (negatives, crops, supports, templates).
         eval_expressions: validation expressions used by ``evaluate`` (first N of val).
@@ -63,6 +64,9 @@ class CLIPSegTaskConfig:
     clip: str = "ViT-B/16"
     clip_source: str | None = None
     image_size: int = 352
+    # "imagenet": the statistics the official decoders were trained with (SPEC §2);
+    # "clip": the frozen CLIP's own, for a new decoder over a CLIP trained with them.
+    pixel_stats: str = "imagenet"
     extract_layers: tuple[int, ...] = PAPER_LAYERS
     reduce_dim: int = 64
     refined: bool = True
@@ -127,7 +131,18 @@ class CLIPSegTask(TaskBase):
             ffn_dim=c.ffn_dim,
             dropout=c.dropout,
         )
-        return CLIPSegConfig(decoder=decoder, image_size=c.image_size)
+        mean, std = self._stats()
+        return CLIPSegConfig(decoder=decoder, image_size=c.image_size, mean=mean, std=std)
+
+    def _stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        if self.config.pixel_stats == "imagenet":
+            return IMAGENET_MEAN, IMAGENET_STD
+        if self.config.pixel_stats == "clip":
+            pre = self.clip.config.preprocess
+            return tuple(pre.mean), tuple(pre.std)
+        raise InputError(
+            f"pixel_stats must be 'imagenet' or 'clip'; got {self.config.pixel_stats!r}"
+        )
 
     def _open(self, split: str):  # noqa: ANN202
         c = self.config
@@ -137,7 +152,10 @@ class CLIPSegTask(TaskBase):
 
     def train_dataset(self) -> SegmentationSamples:
         if self._samples is None:
-            sample = dataclasses.replace(self.config.sample, image_size=self.config.image_size)
+            mean, std = self._stats()
+            sample = dataclasses.replace(
+                self.config.sample, image_size=self.config.image_size, mean=mean, std=std
+            )
             self._samples = SegmentationSamples(self._open(self.config.split), sample)
         return self._samples
 

@@ -61,6 +61,12 @@ def add_subparser(commands: argparse._SubParsersAction) -> None:
     )
     model.add_argument("--image-size", type=int, default=352, help="input side (default: 352)")
     model.add_argument(
+        "--pixel-stats",
+        default="imagenet",
+        choices=("imagenet", "clip"),
+        help="normalisation: ImageNet's (the official decoders') or the CLIP's own",
+    )
+    model.add_argument(
         "--extract-layers",
         type=_layers,
         default=(3, 7, 9),
@@ -114,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
         clip=args.clip,
         clip_source=args.clip_source,
         image_size=args.image_size,
+        pixel_stats=args.pixel_stats,
         extract_layers=args.extract_layers,
         reduce_dim=args.reduce_dim,
         refined=not args.plain_head,
@@ -128,9 +135,11 @@ def run(args: argparse.Namespace) -> int:
     result = train(CLIPSegTask(config), loop)
     if result.main_process:
         evaluation = result.record.get("evaluation") or {}
+        chosen = result.model.config.threshold
         print(
-            f"saved {args.out}: final loss {result.record.get('final_loss')}, val mIoU "
-            f"{evaluation.get('miou', float('nan')):.1f} / oIoU "
-            f"{evaluation.get('oiou', float('nan')):.1f} (t={result.model.config.threshold})"
+            f"saved {args.out}: final loss {result.record.get('final_loss')}; val mIoU "
+            f"{evaluation.get(f'miou@{chosen}', float('nan')):.1f}, oIoU "
+            f"{evaluation.get(f'oiou@{chosen}', float('nan')):.1f} at the chosen threshold "
+            f"{chosen}"
         )
     return 0
