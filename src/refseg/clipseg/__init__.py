@@ -3,8 +3,9 @@
 A frozen CLIP ViT and a 1.1 M-parameter decoder (SPEC §2). Modules: ``config`` (decoder
 shape, skip blocks, input pipeline), ``decoder``, ``model`` (CLIP + decoder), ``prompts``
 (templates, visual prompt engineering), ``convert`` (official and Hugging Face keys),
-``load`` (every weight format), ``loaded`` (conditionals and probability maps), ``task``
-(training on the shared trainer).
+``load`` (every weight format), ``loaded`` (conditionals and probability maps), ``system``
+(the ``clipseg`` :class:`~refseg.systems.DenseSystem`), ``data`` + ``task`` (training on the
+shared loop).
 """
 
 from refseg.clipseg.config import (
@@ -27,6 +28,7 @@ from refseg.clipseg.load import (
 from refseg.clipseg.loaded import LoadedCLIPSeg, QueryState, mix_conditionals, resize_logits
 from refseg.clipseg.model import CLIPSeg, decoder_config_for
 from refseg.clipseg.prompts import TEMPLATES, VisualPromptConfig, engineer_visual_prompt
+from refseg.clipseg.system import CLIPSegSystem, build_system
 
 __all__ = [
     "HF_COMPAT_LAYERS",
@@ -38,6 +40,7 @@ __all__ = [
     "TEMPLATES",
     "CLIPSeg",
     "CLIPSegConfig",
+    "CLIPSegSystem",
     "CLIPSegDecoder",
     "DecoderConfig",
     "LoadedCLIPSeg",
@@ -45,6 +48,7 @@ __all__ = [
     "VisualPromptConfig",
     "available_models",
     "build_clipseg",
+    "build_system",
     "decoder_config_for",
     "engineer_visual_prompt",
     "load_clipseg",

@@ -355,3 +355,22 @@ def save_clipseg(
     path = directory / WEIGHTS_NAME
     save_file(state, str(path), metadata=metadata)
     return path
+
+
+def looks_like_clipseg(path: Path) -> bool:
+    """Cheap test (no tensors read): a refseg CLIPSeg file or directory, or an HF CLIPSeg
+    directory. Official ``.pth`` files are not claimed (they need ``clip=``)."""
+    try:
+        if path.is_dir():
+            config = path / "config.json"
+            if config.is_file():
+                return json.loads(config.read_text()).get("model_type") == "clipseg"
+            path = path / WEIGHTS_NAME
+        if path.is_file() and path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as handle:
+                return (handle.metadata() or {}).get("format") == REFSEG_FORMAT
+    except (OSError, ValueError):
+        return False
+    return False

@@ -531,6 +531,7 @@ def _register_builtins() -> None:
         "clipseg",
         "refseg.clipseg:build_system",
         "CLIPSeg: frozen CLIP + small decoder; text or example-image prompts",
+        detect="refseg.clipseg.system:detect",
     )
     register_system(
         "risclip",
