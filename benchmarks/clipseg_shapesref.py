@@ -9,7 +9,8 @@ Usage::
 Text: every expression of the split, prompt as written. Visual (one-shot): for every
 referent, the support is the first other image of the split with a referent described by
 the same expression (visual prompt engineering of the paper); referents whose expressions
-occur on no other image are left out (their count is reported). Metrics: mIoU, oIoU,
+occur on no other image are left out (their count is reported). Control: every target
+scored against the expression of another object of its image. Metrics: mIoU, oIoU,
 P@0.5..0.9 and per expression kind (``refseg.eval.metrics``), at the model's threshold,
 masks compared at the image's size.
 """
@@ -32,7 +33,10 @@ def _key(text: str) -> str:
     return " ".join(text.lower().split())
 
 
-def evaluate(model, dataset, *, visual: bool) -> dict:  # noqa: ANN001
+def evaluate(model, dataset, *, visual: bool, control: bool = False) -> dict:  # noqa: ANN001
+    """Metrics of text (or ``visual``) prompts; ``control`` scores each target against the
+    expression of *another* referent of the same image (images with one referent are
+    skipped): a model that reads the text scores far lower there."""
     metrics = MetricsAccumulator()
     images = list(dataset)
     occurrences: dict[str, list[tuple[int, object]]] = {}
@@ -58,6 +62,17 @@ def evaluate(model, dataset, *, visual: bool) -> dict:  # noqa: ANN001
                 [support.mask for _, _, (_, support) in chosen],
             )
             pairs = [(r, e) for r, e, _ in chosen]
+        elif control:
+            texts = [e.text for r, e in pairs]
+            owners = [r.ref_id for r, _ in pairs]
+            shifted = []
+            for j, owner in enumerate(owners):
+                others = [t for t, o in zip(texts, owners, strict=True) if o != owner]
+                shifted.append(others[j % len(others)] if others else None)
+            pairs = [p for p, t in zip(pairs, shifted, strict=True) if t is not None]
+            if not pairs:
+                continue
+            cond = model.text_conditionals([t for t in shifted if t is not None])
         else:
             cond = model.text_conditionals([e.text for _, e in pairs])
         probs = model.probabilities(model.encode_query(image.load_image()), cond)
@@ -81,9 +96,14 @@ def main() -> None:
     model = load_clipseg(args.model, threshold=args.threshold, device="cpu")
     dataset = open_dataset(args.data, "shapesref", args.split)
     report = {"model": args.model, "split": args.split, "threshold": model.config.threshold}
-    for name, visual in (("text", False), ("visual", True)):
+    modes = {
+        "text": {"visual": False},
+        "visual": {"visual": True},
+        "text_of_another_object": {"visual": False, "control": True},
+    }
+    for name, options in modes.items():
         start = time.perf_counter()
-        report[name] = evaluate(model, dataset, visual=visual)
+        report[name] = evaluate(model, dataset, **options)
         report[name]["seconds"] = round(time.perf_counter() - start, 1)
         print(name, json.dumps({k: v for k, v in report[name].items() if k != "groups"}))
     if args.out:
