@@ -7,13 +7,11 @@ import json
 import pytest
 import torch
 
-pytest.importorskip("refseg.train.loop")
-
-from refseg.cli import main  # noqa: E402
-from refseg.clipseg import load_clipseg  # noqa: E402
-from refseg.clipseg.data import SampleConfig, SegmentationSamples  # noqa: E402
-from refseg.data import open_dataset  # noqa: E402
-from refseg.data.shapes import ShapesConfig, write_shapesref  # noqa: E402
+from refseg.cli import main
+from refseg.clipseg import load_clipseg
+from refseg.clipseg.data import SampleConfig, SegmentationSamples
+from refseg.data import open_dataset
+from refseg.data.shapes import ShapesConfig, write_shapesref
 
 
 @pytest.fixture(scope="module")

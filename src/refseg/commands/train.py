@@ -1,6 +1,7 @@
 """``refseg train MODEL``: train models on the one training loop (:mod:`refseg.train.loop`).
 
 ``refseg train clip`` trains a tiny CLIP preset on ShapesRef (the packaged demo models);
+``refseg train clipseg`` a CLIPSeg decoder (:mod:`refseg.commands.train_clipseg`);
 ``refseg train risclip`` one RISCLIP stage (:mod:`refseg.risclip.command`). The loop's
 options (:func:`refseg.train.loop.add_loop_arguments`) are shared by every model kind;
 ``--help`` shows every default, and the options a preset sets say so.
@@ -93,8 +94,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help=f"held-out pairs for the retrieval accuracy (default: {base.held_out_size})",
     )
     clip.set_defaults(func=run)
+    from refseg.commands.train_clipseg import add_subparser as add_clipseg
     from refseg.risclip.command import add_parser as add_risclip
 
+    add_clipseg(commands)
     add_risclip(commands)
 
 
