@@ -18,7 +18,7 @@ from refseg.masks import iou
 
 UNSEEN_SEED = 2024  # clipseg-shapes was trained on ShapesRef seed 0
 SCENES = 12
-MIN_ATTRIBUTE_MIOU = 0.0  # set from the measurement below
+MIN_ATTRIBUTE_MIOU = 20.0  # measured 34.4 on these 30 expressions; untrained decoder 3.1
 
 
 def _mean_iou(model: LoadedCLIPSeg, kind: str) -> tuple[float, int]:
