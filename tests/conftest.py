@@ -20,6 +20,8 @@ Fixtures:
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -44,6 +46,8 @@ from refseg.data.shapes import Scene, ShapeObject
 # waits for its sibling threads to be scheduled (a 1x1 conv: ~50 ms with 2 busy threads versus
 # ~0.03 ms with one). One thread keeps the whole suite fast.
 torch.set_num_threads(1)
+# Measured runtime settings (refseg.runtime) go to a throw-away cache, not the user's home.
+os.environ.setdefault("REFSEG_CACHE_DIR", tempfile.mkdtemp(prefix="refseg-test-cache-"))
 
 TINY_CONTEXT = 16
 _CORPUS = [

@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import warnings
 from collections.abc import Sequence
 
 from refseg import __version__
 from refseg.errors import RefsegError
+
+# OpenMP reads this when torch loads: sleeping instead of spinning while waiting keeps
+# multi-threaded ops from collapsing on a busy machine (refseg.runtime.set_thread_defaults).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # Sub-command modules under refseg.commands, in the order `refseg --help` lists them, with
 # their one-line help (each module's add_parser says the same; a test keeps them equal). The

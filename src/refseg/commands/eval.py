@@ -19,6 +19,7 @@ from typing import Any
 
 from refseg.commands.options import (
     add_model_options,
+    apply_runtime_options,
     check_device,
     check_max_pixels,
     check_output_dir,
@@ -129,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--limit must be >= 1; got {args.limit}")
     check_device(args.device)
     check_max_pixels(args.max_pixels)
+    apply_runtime_options(args)
     dataset = open_dataset(
         args.dataset, args.name, args.split, split_by=args.split_by, image_dir=args.images
     )

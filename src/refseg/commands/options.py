@@ -99,6 +99,22 @@ def add_model_options(
     parser.add_argument(
         "--max-pixels", type=int, help="downscale larger images for processing (default 2048^2)"
     )
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="fp32 (default, exact) or bf16: the local branch's crops in bf16 autocast, faster "
+        "on CPUs with native bf16, not exact (see README, Performance)",
+    )
+
+
+def apply_runtime_options(args: argparse.Namespace) -> None:
+    """Process-wide runtime settings from the command line (refseg.runtime): --precision,
+    and thread defaults that hold up on a busy machine (idle cores, passive OpenMP waits)."""
+    from refseg import runtime
+
+    runtime.set_thread_defaults()
+    runtime.configure(precision=getattr(args, "precision", "fp32"))
 
 
 def parse_option(text: str) -> tuple[str, Any]:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from refseg.commands.options import (
     add_model_options,
+    apply_runtime_options,
     check_device,
     check_max_pixels,
     check_output_file,
@@ -80,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
         for output in output_paths(path, count):
             if output is not None:  # every file is checked before any computation
                 check_output_file(output, option, image=True)
+    apply_runtime_options(args)
     image = load_image(args.image)  # fail on a bad image before loading any model
     options = {}
     if args.prompt_image is not None:

@@ -13,7 +13,13 @@ import socket
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from refseg.commands.options import add_model_options, check_device, check_max_pixels, load_system
+from refseg.commands.options import (
+    add_model_options,
+    apply_runtime_options,
+    check_device,
+    check_max_pixels,
+    load_system,
+)
 from refseg.errors import InputError
 
 if TYPE_CHECKING:
@@ -114,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     check_device(args.device)
     check_max_pixels(args.max_pixels)
+    apply_runtime_options(args)
     check_port(args.host, args.port)
     log.info("loading %s (CLIP %s) ...", args.system, args.clip or "default")
     segmenter = load_system(args)

@@ -15,9 +15,7 @@ from refseg.methods.global_local import (
     vit_global_features,
 )
 from refseg.methods.pixels import local_inputs
-
-# Local crops go through CLIP in chunks of this many, bounding memory for 100+ proposals.
-LOCAL_BATCH = 64
+from refseg.runtime import encode_in_chunks, local_branch, model_key, settings
 
 
 def vit_tokens_after(clip: LoadedClip, context: ImageContext, depth: int) -> torch.Tensor:
@@ -68,16 +66,23 @@ def global_features(
 
 def local_features(clip: LoadedClip, context: ImageContext) -> torch.Tensor:
     """f^L ``[N, D]``: masked crops (per the context's pixel preset) through the full image
-    tower (cached)."""
+    tower (cached per precision).
+
+    The crops go in batches whose size :mod:`refseg.runtime` measures on this machine
+    (which also bounds memory for 100+ proposals), under its matmul path and precision.
+    """
+    precision = settings().precision
 
     def compute() -> torch.Tensor:
         crops = local_inputs(clip, context)
-        chunks = [
-            clip.encode_image(crops[i : i + LOCAL_BATCH]) for i in range(0, len(crops), LOCAL_BATCH)
-        ]
-        return torch.cat(chunks) if chunks else crops.new_zeros((0, clip.config.embed_dim))
+        key = model_key(clip.model, clip.device, clip.dtype)
+        with local_branch():
+            chunks = encode_in_chunks(clip.encode_image, crops, key)
+        if not chunks:
+            return crops.new_zeros((0, clip.config.embed_dim))
+        return torch.cat(chunks).to(clip.dtype)
 
-    return context.cached("local", compute, "local")
+    return context.cached(("local", precision), compute, "local")
 
 
 class GlobalLocalMethod(Method):
