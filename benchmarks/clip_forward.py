@@ -11,7 +11,13 @@ OpenAI ``clip/model.py`` ``build_model``). Timed under ``torch.inference_mode``,
 
 Each figure is the median of ``--repeats`` runs after ``--warmup`` runs, in milliseconds.
 
-Usage: ``python benchmarks/clip_forward.py [--threads 2] [--masks 16]``
+Then the local-crop batch (``--crops`` crops through the image tower, the local branch's
+work) in batches of ``--chunk`` and of 64 (the former constant): GFLOP/s (multiply and add
+counted apart, as torch's FlopCounterMode does) and the fraction of this machine's fp32
+ceiling, measured as the GFLOP/s of one large square fp32 matmul, alternated with the crop
+runs so that both see the same load.
+
+Usage: ``python benchmarks/clip_forward.py [--threads 1] [--masks 16] [--crops 16]``
 """
 
 from __future__ import annotations
@@ -22,7 +28,10 @@ import time
 from collections.abc import Callable
 
 import torch
+from bench_utils import alternate, load_note, set_threads
+from torch.utils.flop_counter import FlopCounterMode
 
+from refseg import runtime
 from refseg.clip import CLIP, CLIPConfig, TextConfig, VisionConfig
 
 # OpenAI's published architectures (clip/model.py build_model; open_clip model_configs).
@@ -83,6 +92,47 @@ def benchmark(name: str, config: CLIPConfig, masks: int, warmup: int, repeats: i
         }
 
 
+def flops_of(fn: Callable[[], object]) -> int:
+    """Floating-point operations of one ``fn()`` call (multiply and add counted apart)."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def crop_throughput(name: str, config: CLIPConfig, crops: int, chunk: int, repeats: int) -> dict:
+    """GFLOP/s of ``crops`` local crops through the image tower, batches of ``chunk`` and 64,
+    next to the fp32 ceiling (a 1536^3 matmul), all alternated in one loop."""
+    torch.manual_seed(0)
+    model = CLIP(config).eval()
+    size = config.vision.image_size
+    pixels = torch.randn(crops, 3, size, size)
+    a, b = torch.randn(1536, 1536), torch.randn(1536, 1536)
+
+    def encode(batch: int) -> Callable[[], object]:
+        def run() -> object:
+            with runtime.local_branch():
+                return [model.encode_image(pixels[i : i + batch]) for i in range(0, crops, batch)]
+        return run
+
+    with torch.inference_mode():
+        work = flops_of(encode(chunk))
+        options = {
+            f"chunk {chunk}": encode(chunk), "chunk 64": encode(64), "ceiling": lambda: a @ b
+        }
+        for fn in options.values():
+            fn()  # warm-up
+        seconds, _ = alternate(options, repeats)
+    ceiling = 2 * 1536**3 / statistics.median(seconds["ceiling"]) / 1e9
+    row: dict = {"model": name, "GFLOP/crop": f"{work / crops / 1e9:.2f}"}
+    for label in (f"chunk {chunk}", "chunk 64"):
+        rate = work / statistics.median(seconds[label]) / 1e9
+        row[f"{label} GFLOP/s"] = rate
+        row[f"{label} of ceiling"] = f"{100 * rate / ceiling:.0f}%"
+    row["fp32 ceiling GFLOP/s"] = ceiling
+    return row
+
+
 def print_table(rows: list[dict]) -> None:
     columns = list(rows[0])
     cells = [[c if isinstance(c, str) else f"{c:.1f}" for c in row.values()] for row in rows]
@@ -94,13 +144,15 @@ def print_table(rows: list[dict]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    parser.add_argument("--crops", type=int, default=16, help="local crops in the batch")
+    parser.add_argument("--chunk", type=int, default=8, help="crops per forward pass")
     parser.add_argument("--masks", type=int, default=16, help="masks per image (N)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
+    print(f"start: {load_note()}", flush=True)
     rows = [
         benchmark(name, config, args.masks, args.warmup, args.repeats)
         for name, config in MODELS.items()
@@ -110,6 +162,13 @@ def main(argv: list[str] | None = None) -> None:
         f"median of {args.repeats} after {args.warmup} warm-ups, ms"
     )
     print_table(rows)
+    print(f"\nlocal crops: {args.crops} crops, median of {args.repeats} (alternated); fp32 "
+          f"matmul path {runtime.chosen_matmul_path()}")
+    print_table([
+        crop_throughput(name, config, args.crops, args.chunk, args.repeats)
+        for name, config in MODELS.items()
+    ])
+    print(f"end: {load_note()}")
 
 
 if __name__ == "__main__":

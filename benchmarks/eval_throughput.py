@@ -37,10 +37,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bench_utils import load_note, set_threads
 from PIL import Image
 from tokenizers import Tokenizer, pre_tokenizers, trainers
 from tokenizers.models import BPE
 
+from refseg import runtime
 from refseg.clip import CLIP, CLIPConfig, ClipTokenizer, LoadedClip, TextConfig, VisionConfig
 from refseg.clip.tokenizer import build_bpe_tokenizer, clip_normalizer, clip_pre_tokenizer
 from refseg.data import open_dataset
@@ -54,6 +56,8 @@ from refseg.text import PhraseExtractor
 REFERENTS_PER_IMAGE = (2, 3)  # alternating: 2.5 on average
 EXPRESSIONS_PER_REFERENT = (3, 3, 3, 3, 2)  # cycling: 2.8 on average
 PROPOSALS_PER_IMAGE = 30
+# The reference code's numerics: all of an image's crops in one batch, torch's default matmul.
+REFERENCE_RUNTIME = {"chunk": 64, "matmul": "default"}
 IMAGE_SIZES = ((480, 640), (427, 640), (640, 480), (375, 500))
 SWEEP = [{"alpha": a} for a in (0.5, 0.85, 0.95, 1.0)]
 
@@ -172,12 +176,18 @@ def real_size_clip(name: str, tokenizer: ClipTokenizer) -> LoadedClip:
 
 # ------------------------------------------------------------------------- measuring
 def timed_run(clip: LoadedClip, proposals: Path, data: Path, out: Path, **options) -> dict:
-    """One fresh evaluation (new segmenter: no cached text): seconds, chosen masks, stages."""
+    """One fresh evaluation (new segmenter: no cached text): seconds, chosen masks, stages.
+
+    ``structure="reference"`` also runs with the reference's numerics
+    (:data:`REFERENCE_RUNTIME`); the cached run uses refseg's measured runtime settings.
+    """
     segmenter = Segmenter(clip, FileProposals(proposals), "global-local")
     dataset = open_dataset(data, "benchref", "val")
-    start = time.perf_counter()
-    summary = EvalRunner(segmenter, dataset, out, progress=False, **options).run()
-    seconds = time.perf_counter() - start
+    settings = REFERENCE_RUNTIME if options.get("structure") == "reference" else {}
+    with runtime.overridden(**settings):
+        start = time.perf_counter()
+        summary = EvalRunner(segmenter, dataset, out, progress=False, **options).run()
+        seconds = time.perf_counter() - start
     predictions = json.loads((out / "predictions.json").read_text())
     chosen = {p["sent_id"]: (p["proposal"], p["segmentation"]["counts"]) for p in predictions}
     return {"seconds": seconds, "chosen": chosen, "expressions": summary.expressions,
@@ -190,6 +200,14 @@ def stage_shares(run: dict) -> str:
     return ", ".join(f"{name} {100 * value / run['seconds']:.0f}%" for name, value in stages)
 
 
+def describe_runtime(clip: LoadedClip) -> str:
+    """The measured local-branch settings: chunk size and fp32 matmul path."""
+    key = runtime.model_key(clip.model, clip.device, clip.dtype)
+    tuner = runtime.chunk_tuner(key)
+    chunk = tuner.best if tuner.best is not None else f"still tuning ({tuner.samples})"
+    return f"{chunk}, fp32 matmul path {runtime.chosen_matmul_path()}"
+
+
 def benchmark_model(name: str, tokenizer: ClipTokenizer, proposals: Path, data: Path,
                     work: Path, repeats: int) -> dict:
     clip = real_size_clip(name, tokenizer)
@@ -198,12 +216,22 @@ def benchmark_model(name: str, tokenizer: ClipTokenizer, proposals: Path, data: 
         clip.encode_image(torch.zeros(2, 3, 224, 224))
     PhraseExtractor(fallback="sentence").batch(["warm up"])
     slug = name.replace("/", "")
+    # Untimed: lets refseg.runtime measure its settings (a one-off per machine, then cached).
+    key = runtime.model_key(clip.model, clip.device, clip.dtype)
+    for warmup in range(3):
+        timed_run(clip, proposals, data, work / f"{slug}-warmup{warmup}")
+        if runtime.chunk_tuner(key).best is not None:
+            break
+    print(f"  {name}: local-branch chunk {describe_runtime(clip)}", flush=True)
     ratios, cached_rates, reference_rates, cached_seconds = [], [], [], []
     for rep in range(repeats):
-        cached = timed_run(clip, proposals, data, work / f"{slug}-cached{rep}")
-        reference = timed_run(
-            clip, proposals, data, work / f"{slug}-reference{rep}", structure="reference"
-        )
+        runs = {}
+        order = ("cached", "reference") if rep % 2 == 0 else ("reference", "cached")
+        for structure in order:  # alternated, so that a change of load hits both
+            runs[structure] = timed_run(
+                clip, proposals, data, work / f"{slug}-{structure}{rep}", structure=structure
+            )
+        cached, reference = runs["cached"], runs["reference"]
         if cached["chosen"] != reference["chosen"]:
             differ = [s for s in cached["chosen"] if cached["chosen"][s] != reference["chosen"][s]]
             raise AssertionError(f"{name}: the two structures chose different masks for {differ}")
@@ -237,11 +265,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default="ViT-B/32,RN50", help="comma-separated")
     parser.add_argument("--images", type=int, default=12)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--out", help="also write the results as JSON here")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
+    print(f"start: {load_note()}", flush=True)
     with tempfile.TemporaryDirectory(prefix="refseg-bench-") as tmp:
         work = Path(tmp)
         proposals, sentences = write_dataset(work / "data", args.images)
@@ -255,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
             benchmark_model(name.strip(), tokenizer, proposals, work / "data", work, args.repeats)
             for name in args.models.split(",")
         ]
+    print(f"end: {load_note()}")
     print("\n| model | cached expr/s | reference expr/s | speed-up (median) | "
           f"{len(SWEEP)}-point alpha sweep vs one run |")
     print("|---|---:|---:|---:|---:|")

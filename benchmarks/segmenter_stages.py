@@ -4,7 +4,9 @@ Real-size RN50 and ViT-B/32 with random weights (architecture is what costs time
 values), 8 / 32 / 100 proposals, a 640x480 image and 3 expressions per image. Prints the
 median of ``--repeats`` runs per cell, in milliseconds.
 
-    python benchmarks/segmenter_stages.py [--repeats 5] [--threads 2]
+    python benchmarks/segmenter_stages.py [--repeats 5] [--threads 1]
+
+One thread by default: on a shared machine two threads ran 0.14-0.52x of one (issue #17).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import warnings
 
 import numpy as np
 import torch
+from bench_utils import load_note, set_threads
 
 from refseg.clip import CLIP, CLIPConfig, ClipTokenizer, LoadedClip, TextConfig, VisionConfig
 from refseg.proposals import MaskProposals
@@ -51,15 +54,16 @@ def random_proposals(n: int, height: int, width: int, rng: np.random.Generator) 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--proposals", type=int, nargs="+", default=[8, 32, 100])
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     warnings.simplefilter("ignore")
     tokenizer = small_tokenizer()
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)
-    print(f"torch {torch.__version__}, {args.threads} threads, median of {args.repeats} (ms)")
+    print(f"torch {torch.__version__}, {args.threads} threads, median of {args.repeats} (ms); "
+          f"{load_note()}")
     print("| model | proposals | trunk | global | local | text | total |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, config in ARCHITECTURES.items():
@@ -82,6 +86,7 @@ def main() -> None:
             total = statistics.median(totals[1:]) * 1000
             row = " | ".join(f"{c:.0f}" for c in [*cells, total])
             print(f"| {name} | {n} | {row} |")
+    print(f"end: {load_note()}")
 
 
 if __name__ == "__main__":

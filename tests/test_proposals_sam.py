@@ -385,7 +385,7 @@ def test_unreachable_hub_fails_fast_with_the_download_command(monkeypatch, tmp_p
     assert "hf download facebook/sam-vit-large" in message and "--proposals DIR" in message
 
 
-@pytest.mark.parametrize("name", ["sam-vit-large", "sam-vit-huge"])
+@pytest.mark.parametrize("name", ["sam-vit-large", "sam-vit-huge", "slimsam-77", "slimsam-50"])
 def test_sam_sizes_are_proposal_names(monkeypatch, name):
     seen = {}
 
@@ -517,3 +517,66 @@ def test_auto_uses_sam_only_when_its_checkpoint_is_cached(monkeypatch, tiny_sam_
     monkeypatch.setattr(huggingface_hub, "snapshot_download", cached)
     assert isinstance(create_proposals("auto", device="cpu"), SamProposals)
     assert asked and all(local for _, local in asked)  # never a download
+
+
+def test_slimsam_names_point_at_their_hub_repos():
+    from refseg.proposals.sam import SAM_CHECKPOINTS
+
+    assert SAM_CHECKPOINTS["slimsam-77"] == "Zigeng/SlimSAM-uniform-77"
+    assert SAM_CHECKPOINTS["slimsam-50"] == "Zigeng/SlimSAM-uniform-50"
+
+
+def test_measured_decoding_batch_gives_the_fixed_batch_masks(tiny_sam_dir, image):
+    options = dict(device="cpu", points_per_side=6, pred_iou_thresh=0.0,
+                   stability_score_thresh=0.0, max_proposals=None)
+    fixed, _ = SamProposals(str(tiny_sam_dir), points_per_batch=64, **options).generate(image)
+    for _ in range(2):  # the first calls time the candidate batch sizes
+        measured, stats = SamProposals(str(tiny_sam_dir), **options).generate(image)
+        assert stats.decoded == stats.points == 36 and stats.skipped == 0
+        np.testing.assert_array_equal(measured.masks, fixed.masks)
+        np.testing.assert_allclose(measured.scores, fixed.scores, atol=1e-5)
+
+
+def test_prompt_reduction_only_skips_points_an_accepted_mask_covers(
+    tiny_sam_dir, image, monkeypatch
+):
+    generator = SamProposals(
+        str(tiny_sam_dir), device="cpu", points_per_side=8, points_per_batch=4,
+        pred_iou_thresh=0.0, stability_score_thresh=0.0, skip_covered_points=True,
+    )
+    decoded, accepted = [], []
+    decode, filter_batch = generator._decode, generator._filter_batch
+
+    def spy_decode(embeddings, points):
+        decoded.append(points.clone())
+        return decode(embeddings, points)
+
+    def spy_filter(*args):
+        union = filter_batch(*args)
+        accepted.append(union)
+        return union
+
+    monkeypatch.setattr(generator, "_decode", spy_decode)
+    monkeypatch.setattr(generator, "_filter_batch", spy_filter)
+    _, stats = generator.generate(image)
+    assert stats.skipped > 0 and stats.decoded + stats.skipped == stats.points == 64
+
+    # Replay: walk the grid in batches of 4; a point is skipped iff the masks accepted from
+    # the batches decoded before it cover its pixel.
+    height, width = 40, 60
+    grid = point_grid(8) * torch.tensor([width, height])
+    covered = torch.zeros((height, width), dtype=torch.bool)
+    calls = iter(zip(decoded, accepted, strict=True))
+    for start in range(0, 64, 4):
+        batch = grid[start : start + 4]
+        pixel = batch.long()
+        free = ~covered[pixel[:, 1], pixel[:, 0]]
+        if not free.any():
+            continue
+        points, union = next(calls)
+        expected = generator.transform.points_to_input(batch[free], height, width)
+        torch.testing.assert_close(points, expected)
+        if union is not None:
+            assert union.shape == (height, width)
+            covered |= union
+    assert next(calls, None) is None

@@ -105,12 +105,20 @@ def test_small_images_settle_on_the_candidates_that_fit(monkeypatch, tmp_path):
 
 def test_matmul_probe_refuses_a_path_that_is_not_fp32(monkeypatch):
     monkeypatch.setattr(runtime, "probe_matmul", lambda path, repeats=3: (4e-3, 0.001))
+    monkeypatch.setattr(runtime, "onednn_changes_matmul", lambda: True)
+    assert runtime.measure_matmul_path() == "default"
+
+
+def test_a_flag_that_changes_nothing_is_not_chosen(monkeypatch):
+    monkeypatch.setattr(runtime, "probe_matmul", lambda path, repeats=3: (1e-7, 1.0))
+    monkeypatch.setattr(runtime, "onednn_changes_matmul", lambda: False)
     assert runtime.measure_matmul_path() == "default"
 
 
 def test_matmul_probe_chooses_onednn_only_when_faster(monkeypatch):
     seconds = {"default": 2.0, "onednn": 1.0}
     monkeypatch.setattr(runtime, "probe_matmul", lambda path, repeats=3: (1e-7, seconds[path]))
+    monkeypatch.setattr(runtime, "onednn_changes_matmul", lambda: True)
     assert runtime.measure_matmul_path() == ("onednn" if runtime._onednn_flag_available()
                                             else "default")
     seconds["onednn"] = 1.99

@@ -39,7 +39,7 @@ MATMUL_PATHS = ("default", "onednn")
 # Crop chunk sizes tried by the tuner; the reference encodes all crops in one batch.
 CHUNK_CANDIDATES = (1, 2, 4, 8, 16, 32)
 DEFAULT_CHUNK = 64  # used when tuning is off
-SAMPLES_PER_CANDIDATE = 3  # per-crop timings per candidate before the tuner settles
+SAMPLES_PER_CANDIDATE = 2  # per-crop timings per candidate before the tuner settles
 TUNING_CALLS = 24  # settle after this many batches of crops even if a candidate is unsampled
 # A relative error above this on the probe matmul means the path is not fp32 (bf16: ~4e-3).
 FP32_PROBE_TOLERANCE = 1e-5
@@ -179,11 +179,24 @@ def matmul_path(path: str) -> Iterator[None]:
         backend.fp32_precision = previous
 
 
+def _probe_inputs() -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    return torch.randn(400, 768, generator=gen), torch.randn(768, 3072, generator=gen)
+
+
+def onednn_changes_matmul() -> bool:
+    """Whether the oneDNN flag changes any bit of the probe's product: if not, the flag
+    reaches the same kernel here (e.g. a CPU without AVX-512) and there is nothing to gain."""
+    a, b = _probe_inputs()
+    default = a @ b
+    with matmul_path("onednn"):
+        routed = a @ b
+    return not torch.equal(default, routed)
+
+
 def probe_matmul(path: str, repeats: int = 3) -> tuple[float, float]:
     """``(relative error vs float64, median seconds)`` of a ViT-B-sized fp32 matmul."""
-    gen = torch.Generator().manual_seed(0)
-    a = torch.randn(400, 768, generator=gen)
-    b = torch.randn(768, 3072, generator=gen)
+    a, b = _probe_inputs()
     exact = a.double() @ b.double()
     times = []
     with matmul_path(path):
@@ -197,7 +210,7 @@ def probe_matmul(path: str, repeats: int = 3) -> tuple[float, float]:
 
 def measure_matmul_path() -> str:
     """``"onednn"`` when that path is fp32-exact here and clearly faster, else ``"default"``."""
-    if not _onednn_flag_available():
+    if not _onednn_flag_available() or not onednn_changes_matmul():
         return "default"
     error, _ = probe_matmul("onednn", repeats=1)
     if error > FP32_PROBE_TOLERANCE:

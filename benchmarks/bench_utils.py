@@ -1,0 +1,55 @@
+"""What every benchmark here shares: one thread by default, the machine's load printed
+beside the figures, and options compared alternately within one run.
+
+On a shared machine, timings drift with the load; alternating the options being compared
+(A B B A A B ...) lets a load change hit both, and the ratio of each pair is reported.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+
+def set_threads(threads: int) -> int:
+    """Use ``threads`` intra-op threads (benchmarks default to 1: more collapse under load)."""
+    torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
+def load_note() -> str:
+    """``"load 10.1 / 10.9 / 10.8 (1/5/15 min) on 2 CPUs"``."""
+    try:
+        one, five, fifteen = os.getloadavg()
+    except OSError:
+        return "load unknown"
+    return f"load {one:.1f} / {five:.1f} / {fifteen:.1f} (1/5/15 min) on {os.cpu_count()} CPUs"
+
+
+def alternate(
+    options: dict[str, Callable[[], object]], repeats: int
+) -> tuple[dict[str, list[float]], list[object]]:
+    """Time each option ``repeats`` times, alternating their order every round.
+
+    Returns ``(seconds per option, the last output of each round per option)``.
+    """
+    names = list(options)
+    seconds: dict[str, list[float]] = {name: [] for name in names}
+    outputs: list[object] = []
+    for rep in range(repeats):
+        order = names if rep % 2 == 0 else names[::-1]
+        round_outputs = {}
+        for name in order:
+            start = time.perf_counter()
+            round_outputs[name] = options[name]()
+            seconds[name].append(time.perf_counter() - start)
+        outputs.append(round_outputs)
+    return seconds, outputs
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
