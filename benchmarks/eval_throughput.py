@@ -57,7 +57,7 @@ REFERENTS_PER_IMAGE = (2, 3)  # alternating: 2.5 on average
 EXPRESSIONS_PER_REFERENT = (3, 3, 3, 3, 2)  # cycling: 2.8 on average
 PROPOSALS_PER_IMAGE = 30
 # The reference code's numerics: all of an image's crops in one batch, torch's default matmul.
-REFERENCE_RUNTIME = {"chunk": 64, "matmul": "default"}
+REFERENCE_RUNTIME = {"chunk": 64, "matmul": "default", "backend": "torch"}
 IMAGE_SIZES = ((480, 640), (427, 640), (640, 480), (375, 500))
 SWEEP = [{"alpha": a} for a in (0.5, 0.85, 0.95, 1.0)]
 
@@ -183,8 +183,9 @@ def timed_run(clip: LoadedClip, proposals: Path, data: Path, out: Path, **option
     """
     segmenter = Segmenter(clip, FileProposals(proposals), "global-local")
     dataset = open_dataset(data, "benchref", "val")
+    backend = options.pop("backend", "torch")
     settings = REFERENCE_RUNTIME if options.get("structure") == "reference" else {}
-    with runtime.overridden(**settings):
+    with runtime.overridden(**{"backend": backend, **settings}):
         start = time.perf_counter()
         summary = EvalRunner(segmenter, dataset, out, progress=False, **options).run()
         seconds = time.perf_counter() - start
@@ -200,16 +201,16 @@ def stage_shares(run: dict) -> str:
     return ", ".join(f"{name} {100 * value / run['seconds']:.0f}%" for name, value in stages)
 
 
-def describe_runtime(clip: LoadedClip) -> str:
+def describe_runtime(clip: LoadedClip, backend: str) -> str:
     """The measured local-branch settings: chunk size and fp32 matmul path."""
-    key = runtime.model_key(clip.model, clip.device, clip.dtype)
+    key = f"{backend}|{runtime.model_key(clip.model, clip.device, clip.dtype)}"
     tuner = runtime.chunk_tuner(key)
     chunk = tuner.best if tuner.best is not None else f"still tuning ({tuner.samples})"
     return f"{chunk}, fp32 matmul path {runtime.chosen_matmul_path()}"
 
 
 def benchmark_model(name: str, tokenizer: ClipTokenizer, proposals: Path, data: Path,
-                    work: Path, repeats: int) -> dict:
+                    work: Path, repeats: int, backend: str = "torch") -> dict:
     clip = real_size_clip(name, tokenizer)
     with torch.inference_mode():  # first-call allocations and the spaCy load out of the timings
         clip.encode_texts(["warm up"])
@@ -217,19 +218,21 @@ def benchmark_model(name: str, tokenizer: ClipTokenizer, proposals: Path, data: 
     PhraseExtractor(fallback="sentence").batch(["warm up"])
     slug = name.replace("/", "")
     # Untimed: lets refseg.runtime measure its settings (a one-off per machine, then cached).
-    key = runtime.model_key(clip.model, clip.device, clip.dtype)
+    key = f"{backend}|{runtime.model_key(clip.model, clip.device, clip.dtype)}"
     for warmup in range(3):
-        timed_run(clip, proposals, data, work / f"{slug}-warmup{warmup}")
+        timed_run(clip, proposals, data, work / f"{slug}-warmup{warmup}", backend=backend)
         if runtime.chunk_tuner(key).best is not None:
             break
-    print(f"  {name}: local-branch chunk {describe_runtime(clip)}", flush=True)
+    print(f"  {name}: local-branch backend {backend}, chunk {describe_runtime(clip, backend)}",
+          flush=True)
     ratios, cached_rates, reference_rates, cached_seconds = [], [], [], []
     for rep in range(repeats):
         runs = {}
         order = ("cached", "reference") if rep % 2 == 0 else ("reference", "cached")
         for structure in order:  # alternated, so that a change of load hits both
             runs[structure] = timed_run(
-                clip, proposals, data, work / f"{slug}-{structure}{rep}", structure=structure
+                clip, proposals, data, work / f"{slug}-{structure}{rep}", structure=structure,
+                backend=backend,
             )
         cached, reference = runs["cached"], runs["reference"]
         if cached["chosen"] != reference["chosen"]:
@@ -246,7 +249,7 @@ def benchmark_model(name: str, tokenizer: ClipTokenizer, proposals: Path, data: 
         if rep == 0:
             print(f"    cached stages: {stage_shares(cached)}", flush=True)
             print(f"    reference stages: {stage_shares(reference)}", flush=True)
-    sweep = timed_run(clip, proposals, data, work / f"{slug}-sweep", sweep=SWEEP)
+    sweep = timed_run(clip, proposals, data, work / f"{slug}-sweep", sweep=SWEEP, backend=backend)
     print(f"  {name} {len(SWEEP)}-point alpha sweep: {sweep['seconds']:.1f} s", flush=True)
     return {
         "model": name,
@@ -267,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--out", help="also write the results as JSON here")
+    parser.add_argument("--backend", choices=("torch", "onnx"), default="torch",
+                        help="refseg's local-branch backend (the reference always runs torch)")
     args = parser.parse_args(argv)
     set_threads(args.threads)
     print(f"start: {load_note()}", flush=True)
@@ -280,7 +285,8 @@ def main(argv: list[str] | None = None) -> int:
               f"expressions, {PROPOSALS_PER_IMAGE} proposals per image; torch threads "
               f"{torch.get_num_threads()}", flush=True)
         results = [
-            benchmark_model(name.strip(), tokenizer, proposals, work / "data", work, args.repeats)
+            benchmark_model(name.strip(), tokenizer, proposals, work / "data", work, args.repeats,
+                            args.backend)
             for name in args.models.split(",")
         ]
     print(f"end: {load_note()}")

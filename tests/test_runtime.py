@@ -179,3 +179,23 @@ class _nothing:
 
     def __exit__(self, *exc: object) -> None:
         return None
+
+
+@pytest.mark.slow
+def test_onnx_backend_equals_eager_scores_and_caches_the_graph(loaded, monkeypatch, tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from refseg.clip import onnx_backend
+
+    monkeypatch.setenv("REFSEG_CACHE_DIR", str(tmp_path))
+    eager = _scores(loaded, chunk=64, matmul="default")
+    onnx = _scores(loaded, chunk=3, backend="onnx")
+    np.testing.assert_allclose(onnx, eager, atol=1e-5, rtol=0)
+    graphs = list((tmp_path / "onnx").glob("*.onnx"))
+    assert len(graphs) == 1
+    # Same weights: the cached graph is reused; changed weights: a new graph is exported.
+    assert onnx_backend.OnnxImageEncoder(loaded.model).path == graphs[0]
+    key = onnx_backend.weights_hash(loaded.model.visual, loaded.model.config)
+    with torch.no_grad():
+        next(loaded.model.visual.parameters()).add_(1.0)
+    assert onnx_backend.weights_hash(loaded.model.visual, loaded.model.config) != key

@@ -11,6 +11,9 @@ What it decides (each exact in fp32 unless the user opts into ``precision="bf16"
   (``OMP_WAIT_POLICY=PASSIVE``) and no more threads than idle cores, so that a busy shared
   machine does not make two threads slower than one.
 
+``backend="onnx"`` (opt-in, ``refseg[onnx]``) runs the crops through ONNX Runtime instead
+(:mod:`refseg.clip.onnx_backend`, fp32, exact to about 1e-6).
+
 ``REFSEG_CACHE_DIR`` moves the cache; ``REFSEG_TUNE=0`` turns measuring off (fixed chunks of
 :data:`DEFAULT_CHUNK`, default matmul path).
 """
@@ -35,6 +38,7 @@ import torch
 from refseg.fileio import write_atomic
 
 PRECISIONS = ("fp32", "bf16")
+BACKENDS = ("torch", "onnx")
 MATMUL_PATHS = ("default", "onednn")
 # Crop chunk sizes tried by the tuner; the reference encodes all crops in one batch.
 CHUNK_CANDIDATES = (1, 2, 4, 8, 16, 32)
@@ -53,8 +57,13 @@ class RuntimeSettings:
     precision: str = "fp32"  # "bf16": autocast on the local branch only (opt-in, not exact)
     chunk: int | None = None  # crops per batch in the local branch
     matmul: str | None = None  # "default" or "onednn" for fp32 matmuls in the local branch
+    backend: str = "torch"  # "onnx": the local branch's crops through ONNX Runtime (fp32)
 
     def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}; got {self.backend!r}")
+        if self.backend == "onnx" and self.precision != "fp32":
+            raise ValueError("the onnx backend is fp32 only")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}; got {self.precision!r}")
         if self.chunk is not None and self.chunk < 1:

@@ -106,6 +106,13 @@ def add_model_options(
         help="fp32 (default, exact) or bf16: the local branch's crops in bf16 autocast, faster "
         "on CPUs with native bf16, not exact (see README, Performance)",
     )
+    parser.add_argument(
+        "--backend",
+        choices=("torch", "onnx"),
+        default="torch",
+        help="image tower of the local branch: torch (default) or onnx (ONNX Runtime, fp32, "
+        "exact; needs refseg[onnx]; the graph is exported once per weights and cached)",
+    )
 
 
 def apply_runtime_options(args: argparse.Namespace) -> None:
@@ -114,7 +121,17 @@ def apply_runtime_options(args: argparse.Namespace) -> None:
     from refseg import runtime
 
     runtime.set_thread_defaults()
-    runtime.configure(precision=getattr(args, "precision", "fp32"))
+    try:
+        runtime.configure(
+            precision=getattr(args, "precision", "fp32"), backend=getattr(args, "backend", "torch")
+        )
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    if runtime.settings().backend == "onnx":
+        from refseg.clip.onnx_backend import onnx_available
+
+        if not onnx_available():
+            raise InputError("--backend onnx needs onnxruntime: pip install 'refseg[onnx]'")
 
 
 def parse_option(text: str) -> tuple[str, Any]:

@@ -71,18 +71,23 @@ def local_features(clip: LoadedClip, context: ImageContext) -> torch.Tensor:
     The crops go in batches whose size :mod:`refseg.runtime` measures on this machine
     (which also bounds memory for 100+ proposals), under its matmul path and precision.
     """
-    precision = settings().precision
+    precision, backend = settings().precision, settings().backend
 
     def compute() -> torch.Tensor:
         crops = local_inputs(clip, context)
-        key = model_key(clip.model, clip.device, clip.dtype)
+        key = f"{backend}|{model_key(clip.model, clip.device, clip.dtype)}"
+        encode = clip.encode_image
+        if backend == "onnx":
+            from refseg.clip.onnx_backend import onnx_image_encoder
+
+            encode = onnx_image_encoder(clip.model)
         with local_branch():
-            chunks = encode_in_chunks(clip.encode_image, crops, key)
+            chunks = encode_in_chunks(encode, crops, key)
         if not chunks:
             return crops.new_zeros((0, clip.config.embed_dim))
         return torch.cat(chunks).to(clip.dtype)
 
-    return context.cached(("local", precision), compute, "local")
+    return context.cached(("local", precision, backend), compute, "local")
 
 
 class GlobalLocalMethod(Method):
