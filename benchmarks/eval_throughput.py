@@ -94,7 +94,8 @@ def _sentence(rng: np.random.Generator) -> str:
     return template.format(c=rng.choice(COLORS), n=n, n2=n2, p=rng.choice(PLACES))
 
 
-def write_dataset(root: Path, images: int, seed: int = 0) -> tuple[Path, list[str]]:
+def write_dataset(root: Path, images: int, seed: int = 0,
+                  proposals_per_image: int = PROPOSALS_PER_IMAGE) -> tuple[Path, list[str]]:
     """Refer layout ``root/benchref`` (split val) and a proposals file; returns
     ``(proposal_file, sentences)``."""
     rng = np.random.default_rng(seed)
@@ -129,7 +130,7 @@ def write_dataset(root: Path, images: int, seed: int = 0) -> tuple[Path, list[st
                          "category_id": 1 + j % 5, "sentences": sents})
         Image.fromarray(pixels).save(folder / "images" / file_name, quality=90)
         records.append({"id": i, "file_name": file_name, "height": height, "width": width})
-        while len(masks) < PROPOSALS_PER_IMAGE:
+        while len(masks) < proposals_per_image:
             masks.append(_ellipse(height, width, rng))
         for mask in masks:
             results.append({"image_id": i, "segmentation": encode_rle(mask),
@@ -210,7 +211,7 @@ def describe_runtime(clip: LoadedClip, backend: str) -> str:
 
 
 def benchmark_model(name: str, tokenizer: ClipTokenizer, proposals: Path, data: Path,
-                    work: Path, repeats: int, backend: str = "torch") -> dict:
+                    work: Path, repeats: int, backend: str = "torch", sweep: bool = True) -> dict:
     clip = real_size_clip(name, tokenizer)
     with torch.inference_mode():  # first-call allocations and the spaCy load out of the timings
         clip.encode_texts(["warm up"])
@@ -249,8 +250,11 @@ def benchmark_model(name: str, tokenizer: ClipTokenizer, proposals: Path, data: 
         if rep == 0:
             print(f"    cached stages: {stage_shares(cached)}", flush=True)
             print(f"    reference stages: {stage_shares(reference)}", flush=True)
-    sweep = timed_run(clip, proposals, data, work / f"{slug}-sweep", sweep=SWEEP, backend=backend)
-    print(f"  {name} {len(SWEEP)}-point alpha sweep: {sweep['seconds']:.1f} s", flush=True)
+    sweep_cost = float("nan")
+    if sweep:
+        run = timed_run(clip, proposals, data, work / f"{slug}-sweep", sweep=SWEEP, backend=backend)
+        print(f"  {name} {len(SWEEP)}-point alpha sweep: {run['seconds']:.1f} s", flush=True)
+        sweep_cost = run["seconds"] / statistics.median(cached_seconds)
     return {
         "model": name,
         "expressions": n,
@@ -259,7 +263,7 @@ def benchmark_model(name: str, tokenizer: ClipTokenizer, proposals: Path, data: 
         "speedup_median": statistics.median(ratios),
         "speedups": ratios,
         "sweep_points": len(SWEEP),
-        "sweep_cost_vs_single_run": sweep["seconds"] / statistics.median(cached_seconds),
+        "sweep_cost_vs_single_run": sweep_cost,
     }
 
 
@@ -270,6 +274,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--out", help="also write the results as JSON here")
+    parser.add_argument("--proposals", type=int, default=PROPOSALS_PER_IMAGE,
+                        help="proposals per image (fewer: a quicker run)")
+    parser.add_argument("--no-sweep", action="store_true", help="skip the alpha-sweep run")
     parser.add_argument("--backend", choices=("torch", "onnx"), default="torch",
                         help="refseg's local-branch backend (the reference always runs torch)")
     args = parser.parse_args(argv)
@@ -277,16 +284,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"start: {load_note()}", flush=True)
     with tempfile.TemporaryDirectory(prefix="refseg-bench-") as tmp:
         work = Path(tmp)
-        proposals, sentences = write_dataset(work / "data", args.images)
+        proposals, sentences = write_dataset(work / "data", args.images,
+                                             proposals_per_image=args.proposals)
         tokenizer = small_tokenizer(sentences)
         dataset = open_dataset(work / "data", "benchref", "val")
         referents = sum(len(image.referents) for image in dataset)
         print(f"{len(dataset)} images, {referents} referents, {dataset.num_expressions} "
-              f"expressions, {PROPOSALS_PER_IMAGE} proposals per image; torch threads "
+              f"expressions, {args.proposals} proposals per image; torch threads "
               f"{torch.get_num_threads()}", flush=True)
         results = [
             benchmark_model(name.strip(), tokenizer, proposals, work / "data", work, args.repeats,
-                            args.backend)
+                            args.backend, not args.no_sweep)
             for name in args.models.split(",")
         ]
     print(f"end: {load_note()}")
