@@ -195,7 +195,7 @@ def test_onnx_backend_equals_eager_scores_and_caches_the_graph(loaded, monkeypat
     assert len(graphs) == 1
     # Same weights: the cached graph is reused; changed weights: a new graph is exported.
     assert onnx_backend.OnnxImageEncoder(loaded.model).path == graphs[0]
-    key = onnx_backend.weights_hash(loaded.model.visual, loaded.model.config)
+    key = onnx_backend.weights_hash(loaded.model.visual, loaded.model.config.vision)
     with torch.no_grad():
         next(loaded.model.visual.parameters()).add_(1.0)
-    assert onnx_backend.weights_hash(loaded.model.visual, loaded.model.config) != key
+    assert onnx_backend.weights_hash(loaded.model.visual, loaded.model.config.vision) != key

@@ -85,7 +85,7 @@ class OnnxImageEncoder:
             raise RefsegError("the onnx backend runs fp32 models on the CPU only")
         import onnxruntime as ort
 
-        path = cache_dir() / f"{weights_hash(model.visual, model.config)}.onnx"
+        path = cache_dir() / f"{weights_hash(model.visual, model.config.vision)}.onnx"
         if not path.exists():
             export_image_tower(model, path)
         options = ort.SessionOptions()
