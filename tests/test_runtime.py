@@ -54,7 +54,7 @@ def test_tuned_chunks_equal_eager_scores_and_settle(loaded, monkeypatch, tmp_pat
     monkeypatch.setenv("REFSEG_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(runtime, "_tuners", {})
     eager = _scores(loaded, chunk=64, matmul="default")
-    key = runtime.model_key(loaded.model, loaded.device, loaded.dtype)
+    key = f"torch|{runtime.model_key(loaded.model, loaded.device, loaded.dtype)}"
     for _ in range(8):  # 11 crops per image: a few images sample every candidate 3 times
         np.testing.assert_allclose(_scores(loaded, chunk=None), eager, atol=1e-5, rtol=0)
     tuner = runtime.chunk_tuner(key)
