@@ -15,7 +15,8 @@ Then the local-crop batch (``--crops`` crops through the image tower, the local 
 work) in batches of ``--chunk`` and of 64 (the former constant): GFLOP/s (multiply and add
 counted apart, as torch's FlopCounterMode does) and the fraction of this machine's fp32
 ceiling, measured as the GFLOP/s of one large square fp32 matmul, alternated with the crop
-runs so that both see the same load.
+runs; CPU seconds of the one thread (``time.process_time``), so the machine's load does not
+inflate them.
 
 Usage: ``python benchmarks/clip_forward.py [--threads 1] [--masks 16] [--crops 16]``
 """
@@ -122,7 +123,7 @@ def crop_throughput(name: str, config: CLIPConfig, crops: int, chunk: int, repea
         }
         for fn in options.values():
             fn()  # warm-up
-        seconds, _ = alternate(options, repeats)
+        seconds, _ = alternate(options, repeats, clock=time.process_time)
     ceiling = 2 * 1536**3 / statistics.median(seconds["ceiling"]) / 1e9
     row: dict = {"model": name, "GFLOP/crop": f"{work / crops / 1e9:.2f}"}
     for label in (f"chunk {chunk}", "chunk 64"):
