@@ -16,12 +16,12 @@ weights (speed does not depend on the weights) and a small BPE vocabulary, on th
     python benchmarks/eval_throughput.py                       # both models, 3 repetitions
     python benchmarks/eval_throughput.py --models ViT-B/32 --images 4 --repeats 1  # quick
 
-Measured (--images 6 --repeats 3, 2 shared and busy CPU cores, torch 2.13 CPU; 42
-expressions): ViT-B/32 0.59 vs 0.25 expr/s, median x2.62 (2.11, 2.93, 2.62); RN50 0.41 vs
-0.16 expr/s, median x2.62 (2.55, 2.62, 2.80); the 4-point alpha sweep cost 1.00x / 0.95x a
-single run. Identical masks in both structures. Reusing the visual features alone bounds
-the gain near 2.5x (referents per image); batching the text adds to it (the 77-token text
-tower is 13-21% of the cached run's time, 21-27% of the reference's).
+Measured (--images 2 --proposals 10 --repeats 3 --no-sweep; 2 shared AVX2 cores at load
+5.7-8.1, one thread, torch 2.13; 14 expressions; identical masks): refseg's cached runner
+with its measured settings vs the reference structure with the reference's numerics (all
+crops in one batch, default matmul) -- ViT-B/32 2.27x in CPU time (wall 1.85x, disturbed
+by the load), RN50 2.58x CPU (wall 2.56x). The CPU-time ratio is the robust one on a busy
+machine: with one thread it is what each run cost, whatever else ran.
 """
 
 from __future__ import annotations
