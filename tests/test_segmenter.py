@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from refseg import runtime
 from refseg.clip import LoadedClip
 from refseg.errors import ImageError, InputError
 from refseg.methods.global_local import GlobalLocalConfig, masked_crops
@@ -134,6 +135,8 @@ def test_visual_work_done_once_per_image_for_many_queries(segmenter, monkeypatch
         return stem(*args, **kwargs)
 
     monkeypatch.setattr(visual, name, counted)
+    # All crops in one batch (refseg.runtime would otherwise measure chunk sizes).
+    monkeypatch.setattr(runtime, "_settings", runtime.RuntimeSettings(chunk=64))
     segmenter.set_image(_image(), proposals=_proposals())
     segmenter.query(TEXTS)
     segmenter.query(["another expression"], alpha=0.5, beta=0.2)
