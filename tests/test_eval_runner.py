@@ -16,6 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
+from refseg import runtime
 from refseg.cli import main
 from refseg.clip import LoadedClip
 from refseg.data import open_dataset
@@ -148,6 +149,13 @@ def count_set_image(segmenter: Segmenter) -> list[int]:
 
     segmenter.set_image = counting  # type: ignore[method-assign]
     return calls
+
+
+@pytest.fixture(autouse=True)
+def one_crop_batch(monkeypatch):
+    """All of an image's crops in one batch: the counts below tell the whole image (batch 1)
+    from the crops (batch > 1); refseg.runtime would otherwise measure chunk sizes."""
+    monkeypatch.setattr(runtime, "_settings", runtime.RuntimeSettings(chunk=64))
 
 
 def count_image_encoder(segmenter: Segmenter) -> list[int]:
