@@ -164,8 +164,8 @@ def test_every_registered_method_runs_through_the_segmenter(loaded, name):
 def test_a_baseline_can_be_picked_per_query(vit):
     segmenter = Segmenter(vit, None, method="score-map", phrases=LastWord())
     segmenter.set_image(_image(32), proposals=MaskProposals(_cell_masks(vit, [(0, 0), (3, 3)])))
-    by_default = segmenter.query("left zebra")[0]
-    grad_cam = segmenter.query("left zebra", method="grad-cam")[0]
+    by_default = segmenter.query("left zebra")
+    grad_cam = segmenter.query("left zebra", method="grad-cam")
     assert (by_default.method, grad_cam.method) == ("score-map", "grad-cam")
     assert not np.allclose(by_default.scores, grad_cam.scores)
 

@@ -215,7 +215,7 @@ def test_overlong_text_is_truncated_with_a_warning(segmenter):
     segmenter.set_image(_image(), proposals=_proposals())
     long_text = "the man in the red shirt " * 40
     with pytest.warns(UserWarning, match="truncated"):
-        result = segmenter.query(long_text)[0]
+        result = segmenter.query(long_text)
     assert result.index is not None
 
 
@@ -224,14 +224,14 @@ def test_absurd_text_gives_a_defined_result(segmenter):
     for text in ["!!!???", "🙂🙂🙂", "x" * 5000, "der Mann im roten Hemd"]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            result = segmenter.query(text)[0]
+            result = segmenter.query(text)
         assert result.index is not None and np.isfinite(result.score)
 
 
 def test_zero_proposals_is_an_empty_result_with_a_warning(segmenter):
     with pytest.warns(UserWarning, match="no mask proposals"):
         segmenter.set_image(_image(), proposals=MaskProposals.empty(48, 64))
-    result = segmenter.query("the cat")[0]
+    result = segmenter.query("the cat")
     assert result.score is None and result.index is None
     assert result.mask.shape == (48, 64) and not result.mask.any()
     assert result.to_dict()["bbox"] is None
@@ -245,7 +245,7 @@ def test_huge_image_is_downscaled_and_mask_mapped_back(segmenter):
     segmenter.max_pixels = 100 * 75
     context = segmenter.set_image(image, proposals=MaskProposals(masks))
     assert context.image.size == (100, 75)
-    result = segmenter.query("the cat")[0]
+    result = segmenter.query("the cat")
     assert result.mask.shape == (300, 400)
     chosen = masks[result.index]
     assert (result.mask == chosen).mean() > 0.99

@@ -23,6 +23,7 @@ from refseg.errors import InputError
 from refseg.eval.metrics import AP_THRESHOLDS, PixelCounts, pixel_ap, pixel_counts
 from refseg.eval.runner import EvalRunner
 from refseg.proposals import MaskProposals
+from refseg.results import SegmentationResult
 from refseg.segmenter import Segmenter
 from refseg.systems import DenseSystem, System, VisualPrompt, base
 from refseg.systems.maskclip import MaskClipConfig, MaskClipSystem, minmax_logits
@@ -115,7 +116,7 @@ def test_global_local_is_a_system_and_rejects_foreign_options(loaded):
         )
     with pytest.raises(InputError, match="no option 'threshold'.*alpha"):
         segmenter.query("a cat", threshold=0.5)
-    result = segmenter.query("a cat", alpha=0.5)[0]
+    result = segmenter.query("a cat", alpha=0.5)
     assert result.probability is None and result.index in (0, 1)
     assert segmenter.query_params(alpha=0.5)["alpha"] == 0.5
     assert segmenter.query_params(method="global-only")["alpha"] == 1.0  # pinned by the method
@@ -137,7 +138,7 @@ def test_dense_result_is_the_resized_sigmoid_and_mask_is_its_threshold():
         np.testing.assert_array_equal(result.mask, result.probability > 0.6)
         assert result.score == pytest.approx(float(expected.max()))
         assert len(result.proposals) == 0 and result.index is None and result.method == "toy"
-    low = system.query("a", threshold=0.1)[0]
+    low = system.query("a", threshold=0.1)
     assert low.mask.sum() > results[0].mask.sum()  # a lower threshold keeps more pixels
     with pytest.raises(InputError, match="threshold must be in"):
         system.query("a", threshold=1.5)
@@ -150,7 +151,7 @@ def test_dense_system_caps_pixels_and_caches_image_states_and_maps():
     big = image(1, 60, 80)
     system.set_image(big)
     assert system.encoded == [(20, 15)]  # 80x60 capped to 300 pixels, aspect kept
-    first = system.query("abc", threshold=0.3)[0]
+    first = system.query("abc", threshold=0.3)
     assert first.probability.shape == (60, 80)  # back at the original size
     system.query("abc", threshold=0.7)  # a threshold sweep reuses the maps
     assert system.predicted == 1
@@ -164,7 +165,7 @@ def test_dense_system_caps_pixels_and_caches_image_states_and_maps():
     state = system.image_state()
     system.set_image(image(4))
     system.restore_image_state(state)
-    np.testing.assert_allclose(system.query("abc")[0].probability, first.probability)
+    np.testing.assert_allclose(system.query("abc").probability, first.probability)
 
 
 def test_visual_prompt_alone_gives_one_result_and_bad_prompts_are_user_errors():
@@ -283,7 +284,7 @@ def test_eval_runs_a_dense_system_without_proposals_and_reports_ap(tmp_path, loa
     for sample in dataset:
         system.set_image(sample.load_image())
         for referent, expression in sample.expressions():
-            result = system.query(expression.text)[0]
+            result = system.query(expression.text)
             counts.append(pixel_counts(result.probability, referent.mask))
             inter += int((result.mask & referent.mask).sum())
             union += int((result.mask | referent.mask).sum())
@@ -465,3 +466,16 @@ def test_serve_accepts_an_example_image_and_mask_as_the_prompt(serve_client):
         half = {k: v for k, v in files.items() if k != "prompt_mask"}
         response = client.post("/segment", files=half)
         assert response.status_code == 422 and "both" in response.json()["error"]
+
+
+def test_one_string_gives_one_result_and_a_list_gives_a_list():
+    system = Toy()
+    system.set_image(image())
+    one = system.query("abc")
+    assert isinstance(one, SegmentationResult) and one.text == "abc"
+    listed = system.query(["abc"])
+    assert isinstance(listed, list) and len(listed) == 1
+    np.testing.assert_array_equal(listed[0].probability, one.probability)
+    assert [r.text for r in system.query(("a", "abc"))] == ["a", "abc"]
+    assert isinstance(system.segment(image(), "a"), SegmentationResult)
+    assert len(system.segment(image(), ["a"])) == 1

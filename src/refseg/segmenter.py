@@ -254,14 +254,14 @@ class Segmenter(System):
             text = self._encode_texts(texts)
         return chosen.scores(self.clip, context, text, config).float().cpu(), text
 
-    def query(self, texts: str | Sequence[str], **options: Any) -> list[SegmentationResult]:
-        """Segment each expression in the current image (see :meth:`set_image`).
+    def query_batch(self, texts: list[str], **options: Any) -> list[SegmentationResult]:
+        """Segment each expression in the current image (see :meth:`set_image`); use
+        :meth:`query` (one string -> one result, a list -> a list).
 
-        Options: ``method``, ``alpha``, ``beta``, ``k`` override the configured values.
+        Options: ``method``, ``alpha``, ``beta``, ``k``, ``pixels`` override the configured
+        values.
         """
         self.check_options(options)
-        if isinstance(texts, str):
-            texts = [texts]
         method = options.pop("method", None)
         scores, text = self.scores(texts, method=method, **options)
         context = self._require_context()

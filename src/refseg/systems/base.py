@@ -14,8 +14,10 @@ same way, so that eval, serve and the CLI never branch on which one they hold::
 The API (contract B of the project):
 
 - :class:`System` -- ``name``, ``dense``, ``set_image(image, *, image_key=None,
-  proposals=None)``, ``query(texts, **options) -> list[SegmentationResult]`` (one per text),
-  ``segment(image, texts, **options)`` and ``describe() -> dict``.
+  proposals=None)``, ``query(texts, **options)``: one :class:`SegmentationResult` for one
+  string, a list (one per text, in order) for a list of strings; ``segment(image, texts,
+  **options)`` (the same rule) and ``describe() -> dict``. Subclasses implement
+  ``query_batch(texts: list[str], **options) -> list[SegmentationResult]``.
 - Proposal systems (``dense = False``) rank mask proposals; ``proposals=`` in ``set_image``
   overrides their generator (eval passes ground-truth masks that way).
 - Dense systems (``dense = True``) build on :class:`DenseSystem`: they predict logits on a
@@ -52,7 +54,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, overload
 
 import numpy as np
 import torch
@@ -158,9 +160,26 @@ class System(ABC):
                 (proposal systems); dense systems ignore them.
         """
 
+    @overload
+    def query(self, texts: str, **options: Any) -> SegmentationResult: ...
+
+    @overload
+    def query(self, texts: Sequence[str], **options: Any) -> list[SegmentationResult]: ...
+
+    def query(
+        self, texts: str | Sequence[str], **options: Any
+    ) -> SegmentationResult | list[SegmentationResult]:
+        """Segment expressions in the current image: one string gives one result, a list
+        of strings a list of results (one per text, in order; ``[]`` with a visual prompt
+        gives the prompt's single result in a list)."""
+        if isinstance(texts, str):
+            return self.query_batch([texts], **options)[0]
+        return self.query_batch(list(texts), **options)
+
     @abstractmethod
-    def query(self, texts: str | Sequence[str], **options: Any) -> list[SegmentationResult]:
-        """One result per expression for the current image (see the module docstring)."""
+    def query_batch(self, texts: list[str], **options: Any) -> list[SegmentationResult]:
+        """One result per expression for the current image (what :meth:`query` returns
+        for a list); subclasses implement this."""
 
     @abstractmethod
     def describe(self) -> dict[str, Any]:
@@ -204,8 +223,7 @@ class System(ABC):
             image_key=options.pop("image_key", None),
             proposals=options.pop("proposals", None),
         )
-        results = self.query(texts, **options)
-        return results[0] if isinstance(texts, str) else results
+        return self.query(texts, **options)
 
     # ---------------------------------------------------------------- option helpers
     def accepted_options(self) -> tuple[str, ...]:
@@ -300,7 +318,7 @@ class DenseSystem(System):
         self._current = (digest, original_size)
 
     @torch.inference_mode()
-    def query(self, texts: str | Sequence[str], **options: Any) -> list[SegmentationResult]:
+    def query_batch(self, texts: list[str], **options: Any) -> list[SegmentationResult]:
         if self._current is None:
             raise InputError("no image set: call set_image(image) first")
         digest, size = self._current
