@@ -306,3 +306,32 @@ def test_k_sweep_reuses_the_trunk_and_matches_fresh_runs(segmenter):
         fresh = Segmenter(segmenter.clip, None, config=GlobalLocalConfig(k=k))
         fresh.set_image(_image(), proposals=_proposals())
         assert (fresh.scores(TEXTS)[0] - scores).abs().max() < 1e-5
+
+
+def test_set_image_computes_the_visual_features_queries_then_reuse(segmenter, monkeypatch):
+    visual = segmenter.clip.model.visual
+    name = "embed" if hasattr(visual, "embed") else "trunk"
+    calls = {"embed": 0}
+    stem = getattr(visual, name)
+    def counted(*args, **kwargs):
+        calls["embed"] += 1
+        return stem(*args, **kwargs)
+
+    monkeypatch.setattr(visual, name, counted)
+    context = segmenter.set_image(_image(), proposals=_proposals())
+    assert calls["embed"] == 2  # the trunk (global branch) and the local crops, up front
+    assert "local" in context.cache
+    assert any(isinstance(key, tuple) and key[0] == "global" for key in context.cache)
+    spent = {stage: context.timings[stage] for stage in ("global", "local")}
+    segmenter.query(TEXTS)
+    assert calls["embed"] == 2  # the query ran no image encoder
+    assert {stage: context.timings[stage] for stage in ("global", "local")} == spent
+
+
+def test_set_image_skips_a_branch_of_weight_zero(loaded):
+    only_local = Segmenter(loaded, None, method="local-only")
+    context = only_local.set_image(_image(), proposals=_proposals())
+    assert "local" in context.cache and "global" not in context.timings
+    only_global = Segmenter(loaded, None, method="global-only")
+    context = only_global.set_image(_image(), proposals=_proposals())
+    assert "local" not in context.cache and "global" in context.timings

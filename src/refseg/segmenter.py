@@ -9,8 +9,9 @@ proposal-scoring method (Global-Local itself or a baseline).
     for result in seg.query(["the man in the red shirt", "the car on the left"]):
         result.save_overlay(image, "overlay.png")
 
-Proposals and every visual feature are computed once per image and reused by all its
-expressions, methods and hyper-parameter values; text features are cached per sentence.
+Proposals and the configured method's visual features are computed in ``set_image``, once
+per image, and reused by all its expressions; features another method or hyper-parameter
+value needs are computed on first use and cached too. Text features are cached per sentence.
 """
 
 from __future__ import annotations
@@ -137,7 +138,15 @@ class Segmenter(System):
         image_key: Any = None,
         proposals: MaskProposals | None = None,
     ) -> ImageContext:
-        """Load ``image``, generate its proposals, and keep it for :meth:`query`.
+        """Load ``image``, generate its proposals, compute its visual features, and keep
+        it for :meth:`query`.
+
+        The visual features computed here are those the configured method needs with the
+        configured parameters (Global-Local: the global features for ``k`` and the local
+        crops' features; a zero-weight branch is skipped). A query with another ``k``,
+        ``pixels`` preset or a method that needs other features computes those on its first
+        use and caches them for the image. Text features and the spaCy pipeline (loaded once
+        per process; :meth:`warm_up` loads it now) are the query's work.
 
         Args:
             image: path, bytes, PIL image or array (any mode; converted to RGB).
@@ -172,6 +181,8 @@ class Segmenter(System):
             pixel_preset=preset,
             crop_source=crop_source,
         )
+        chosen, config = resolve_method(self.method, self.config)
+        chosen.prepare(self.clip, self.context, config)
         return self.context
 
     @staticmethod

@@ -84,6 +84,12 @@ class Method(ABC):
     ) -> torch.Tensor:
         """``[T, N]`` scores; higher is better."""
 
+    def prepare(self, clip: LoadedClip, context: ImageContext, params: GlobalLocalConfig) -> None:
+        """Compute (into ``context.cache``) the visual features :meth:`scores` will need with
+        ``params``, so that ``set_image`` does the image's work up front. Default: nothing
+        (such a method computes its visual features in its first :meth:`scores` call)."""
+        return None
+
 
 @dataclass(frozen=True)
 class MethodSpec:

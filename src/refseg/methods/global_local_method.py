@@ -95,6 +95,17 @@ class GlobalLocalMethod(Method):
 
     name = "global-local"
 
+    def prepare(
+        self, clip: LoadedClip, context: ImageContext, params: GlobalLocalConfig
+    ) -> None:
+        """f^G (for ``params.k``) and f^L, each only if its weight in ``params`` is not 0."""
+        if len(context.proposals) == 0:
+            return
+        if params.alpha > 0:
+            global_features(clip, context, params)
+        if params.alpha < 1:
+            local_features(clip, context)
+
     def scores(
         self, clip: LoadedClip, context: ImageContext, text: TextBatch, params: GlobalLocalConfig
     ) -> torch.Tensor:
