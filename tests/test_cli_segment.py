@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from refseg.cli import main
+from refseg.masks import decode_rle
 
 
 @pytest.fixture
@@ -178,3 +179,24 @@ def test_console_script_reports_errors_without_traceback(tmp_path):
     assert completed.returncode == 2
     assert completed.stderr.strip().startswith("refseg: error: image not found")
     assert "Traceback" not in completed.stderr
+
+
+def test_json_without_out_prints_the_mask_and_writes_no_file(
+    scene, tiny_clip_dir, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    before = sorted(tmp_path.iterdir())
+    status, stdout, err = _run(
+        ["segment", scene, "the red square", "--clip", tiny_clip_dir, "--json"], capsys
+    )
+    assert status == 0, err
+    assert sorted(tmp_path.iterdir()) == before  # nothing written
+    record = json.loads(stdout.strip().splitlines()[-1])
+    assert record["mask_path"] is None
+    mask = decode_rle(record["segmentation"])
+    assert mask.shape == (60, 80) and int(mask.sum()) == record["area"]
+
+
+def test_without_out_or_json_is_a_user_error(scene, tiny_clip_dir, capsys):
+    status, _, err = _run(["segment", scene, "red", "--clip", tiny_clip_dir], capsys)
+    assert status == 2 and "give --out" in err

@@ -39,6 +39,45 @@ COMMANDS: dict[str, str] = {
 COMMAND_MODULES = tuple(COMMANDS)
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Every option's default in its help, and text with line breaks (the examples in an
+    epilog) kept as written; other text is wrapped as usual.
+
+    An option whose help already says its default (``default`` in the text), a flag and an
+    option without a value (``None``) are left alone; such options say in words what
+    happens without them.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        help_text = action.help
+        if (
+            help_text
+            and action.option_strings
+            and "default" not in help_text
+            and not _no_default(action.default)
+        ):
+            help_text += " (default: %(default)s)"
+        return help_text
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n" in text:
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
+def _no_default(value: object) -> bool:
+    """True for "no value" defaults (by identity: ``0 == False``, yet 0 is a default)."""
+    return value is None or value is False or value is argparse.SUPPRESS or value == []
+
+
+class CommandParser(argparse.ArgumentParser):
+    """A sub-command's parser: :class:`HelpFormatter` unless the command picks another."""
+
+    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The ``refseg`` parser.
 
@@ -55,7 +94,9 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     parser.add_argument(
         "--debug", action="store_true", help="show full tracebacks instead of one-line errors"
     )
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers = parser.add_subparsers(
+        dest="command", metavar="COMMAND", parser_class=CommandParser
+    )
     wanted = None if argv is None else _named_command(argv)
     for name, help_text in COMMANDS.items():
         if argv is not None and name != wanted:

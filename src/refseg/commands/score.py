@@ -25,6 +25,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "Score a predictions file (JSON list of {sent_id, segmentation: COCO RLE}) "
             "against a dataset split. Missing expressions count as IoU 0."
         ),
+        epilog="""examples:
+  refseg score --dataset data --name shapesref --split val \\
+      --predictions runs/x/predictions.json
+  refseg score --dataset refer/data --name refcocog --split-by umd --split val \\
+      --predictions pred.json --out metrics.json
+""",
     )
     parser.add_argument(
         "--dataset",
@@ -37,12 +43,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--split", required=True, help="split to score, e.g. val, testA, test")
     parser.add_argument("--predictions", required=True, metavar="PRED.json")
-    parser.add_argument("--out", metavar="METRICS.json", help="also write the metrics as JSON")
+    parser.add_argument(
+        "--out", metavar="METRICS.json", help="also write the metrics as JSON (default: only print)"
+    )
     parser.add_argument(
         "--split-by", default=None, help="refer split scheme (default: unc; umd for refcocog)"
     )
     parser.add_argument(
-        "--images", default=None, metavar="DIR", help="image folder (not needed for scoring)"
+        "--images",
+        default=None,
+        metavar="DIR",
+        help="image folder (not needed for scoring; default: none)",
     )
     parser.set_defaults(func=run)
 

@@ -29,23 +29,45 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="segment the object each expression describes",
         description="Segment the object each expression describes in IMAGE. With several "
         "expressions, output files get _1, _2, ... before their extension.",
+        epilog="""examples:
+  refseg segment examples/shapes_scene.png "the red circle" --out mask.png \\
+      --clip shapes-vit --proposals superpixel --overlay overlay.png
+  refseg segment photo.jpg "the man in the red shirt" "the car on the left" --out m.png
+  refseg segment photo.jpg "the dog" --json        # JSON (mask as COCO RLE), no files
+  refseg segment photo.jpg "the dog" --system maskclip --out m.png --heatmap heat.png
+""",
     )
     parser.add_argument("image", help="image file (any format Pillow reads)")
     parser.add_argument(
         "texts", nargs="*", metavar="TEXT", help="referring expression(s); optional with a prompt"
     )
-    parser.add_argument("--out", required=True, help="mask PNG to write (255 = object)")
-    parser.add_argument("--overlay", help="also write the image with the mask drawn on it")
     parser.add_argument(
-        "--heatmap", help="dense systems: also write the probability map over the image"
+        "--out",
+        help="mask PNG to write (255 = object); required unless --json (default: no file)",
     )
     parser.add_argument(
-        "--prompt-image", metavar="SUPPORT", help="visual prompt: an example image of the object"
+        "--overlay", help="also write the image with the mask drawn on it (default: none)"
     )
     parser.add_argument(
-        "--prompt-mask", metavar="SUPPORT_MASK", help="visual prompt: the object's mask in it"
+        "--heatmap",
+        help="dense systems: also write the probability map over the image (default: none)",
     )
-    parser.add_argument("--json", action="store_true", help="print one JSON object per expression")
+    parser.add_argument(
+        "--prompt-image",
+        metavar="SUPPORT",
+        help="visual prompt: an example image of the object (default: none, text only)",
+    )
+    parser.add_argument(
+        "--prompt-mask",
+        metavar="SUPPORT_MASK",
+        help="visual prompt: the object's mask in it (default: none)",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object per expression; without --out it holds the mask as COCO "
+        "RLE (segmentation) and no file is written",
+    )
     add_model_options(parser)
     parser.set_defaults(func=run, trailing_positional="texts")
     return parser
@@ -72,6 +94,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("a visual prompt needs both --prompt-image and --prompt-mask")
     if not args.texts and args.prompt_image is None:
         raise InputError("give at least one expression (TEXT), or a visual prompt")
+    if args.out is None and not args.json:
+        raise InputError("give --out MASK.png, or --json to print the results without files")
     count = max(len(args.texts), 1)
     for option, path in (
         ("--out", args.out),
@@ -101,14 +125,15 @@ def run(args: argparse.Namespace) -> int:
     for result, mask_path, overlay_path, heatmap_path in zip(
         results, masks, overlays, heatmaps, strict=True
     ):
-        result.save_mask(mask_path)
+        if mask_path is not None:
+            result.save_mask(mask_path)
         if overlay_path is not None:
             result.save_overlay(image, overlay_path)
         if heatmap_path is not None:
             result.save_heatmap(heatmap_path, image)
         if args.json:
-            record = result.to_dict()
-            record["mask_path"] = str(mask_path)
+            record = result.to_dict(rle=mask_path is None)
+            record["mask_path"] = str(mask_path) if mask_path else None
             record["overlay_path"] = str(overlay_path) if overlay_path else None
             if heatmap_path is not None:
                 record["heatmap_path"] = str(heatmap_path)

@@ -36,6 +36,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="run the web service and browser page",
         description="Serve POST /segment, GET /health and a browser page at / with one shared "
         "model. Offline demo: refseg serve --clip shapes-vit",
+        epilog="""examples:
+  refseg serve --clip shapes-vit --proposals superpixel     # offline demo
+  refseg serve --host 0.0.0.0 --port 9000 --proposals sam   # reachable from other hosts
+  curl -F image=@photo.jpg -F text="the dog" -F alpha=0.5 localhost:8000/segment
+""",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on")
@@ -56,7 +61,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "'*' for any). Default: only the server's own page, addressed by the --host name",
     )
     parser.add_argument(
-        "--log-level", default="info", choices=("debug", "info", "warning", "error")
+        "--log-level",
+        default="info",
+        choices=("debug", "info", "warning", "error"),
+        help="server log verbosity",
     )
     parser.set_defaults(func=run)
     return parser
