@@ -56,7 +56,8 @@ def test_segment_writes_mask_overlay_and_json(scene, tiny_clip_dir, tmp_path, ca
     mask = np.asarray(Image.open(out)) > 0
     assert mask.shape == (60, 80) and int(mask.sum()) == record["area"]
     assert Image.open(tmp_path / "overlay.png").size == (80, 60)
-    assert set(record) >= {"phrase", "score", "bbox", "area", "top_proposals"}
+    assert set(record) >= {"phrase", "score", "bbox", "area", "proposals"}
+    assert record["proposal_generator"] in ("auto", "superpixel", "sam")
 
 
 def test_several_expressions_get_numbered_files(scene, tiny_clip_dir, tmp_path, capsys):

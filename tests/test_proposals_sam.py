@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -506,7 +507,8 @@ def test_auto_uses_sam_only_when_its_checkpoint_is_cached(monkeypatch, tiny_sam_
     from refseg.proposals.superpixel import SuperpixelProposals
 
     _offline_empty_cache(monkeypatch, tmp_path)
-    assert isinstance(create_proposals("auto"), SuperpixelProposals)
+    with pytest.warns(UserWarning, match="superpixel proposals are used.*hf download"):
+        assert isinstance(create_proposals("auto"), SuperpixelProposals)
 
     asked = []
 
@@ -515,7 +517,9 @@ def test_auto_uses_sam_only_when_its_checkpoint_is_cached(monkeypatch, tiny_sam_
         return str(tiny_sam_dir)
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", cached)
-    assert isinstance(create_proposals("auto", device="cpu"), SamProposals)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # SAM found: no fallback warning
+        assert isinstance(create_proposals("auto", device="cpu"), SamProposals)
     assert asked and all(local for _, local in asked)  # never a download
 
 

@@ -294,7 +294,7 @@ def test_result_files_and_dict(segmenter, tmp_path):
     assert changed[result.mask].mean() > 0.9 and not changed[~result.mask].any()
     record = result.to_dict(rle=True)
     assert record["area"] == int(result.mask.sum())
-    assert record["top_proposals"][0]["index"] == result.index
+    assert record["proposals"][0]["index"] == result.index
     assert record["segmentation"]["size"] == [48, 64]
 
 
@@ -335,3 +335,18 @@ def test_set_image_skips_a_branch_of_weight_zero(loaded):
     only_global = Segmenter(loaded, None, method="global-only")
     context = only_global.set_image(_image(), proposals=_proposals())
     assert "local" not in context.cache and "global" in context.timings
+
+
+def test_results_name_the_proposal_generator(loaded):
+    class Grid:
+        name = "grid"
+
+        def __call__(self, image, *, image_key=None):
+            return _proposals(image.height, image.width)
+
+    segmenter = Segmenter(loaded, Grid(), config=GlobalLocalConfig(k=2))
+    segmenter.set_image(_image())
+    result = segmenter.query("left zebra")
+    assert result.proposal_generator == "grid" and result.to_dict()["proposal_generator"] == "grid"
+    segmenter.set_image(_image(), proposals=_proposals())
+    assert segmenter.query("left zebra").proposal_generator == "given"

@@ -334,7 +334,7 @@ def test_too_long_expression_is_400(client):
 
 @pytest.mark.parametrize(
     ("form", "status"),
-    [({"alpha": 1.5}, 422), ({"k": 0}, 422), ({"alpha": "abc"}, 422), ({"method": "nope"}, 400)],
+    [({"alpha": 1.5}, 422), ({"k": 0}, 422), ({"alpha": "abc"}, 422), ({"method": "nope"}, 422)],
     ids=["alpha-range", "k-range", "alpha-type", "unknown-method"],
 )
 def test_bad_parameters_are_rejected(client, form, status):
@@ -475,3 +475,19 @@ def test_app_can_be_started_twice(segmenter):
     for _ in range(2):
         with TestClient(app) as client:
             assert post(client).status_code == 200
+
+
+@pytest.mark.parametrize("query", ["alpha=0.0", "method=local-only&k=1"])
+def test_options_in_the_url_are_refused_not_ignored(client, query):
+    files = {"image": ("a.png", png_bytes(), "image/png")}
+    response = client.post(f"/segment?{query}", files=files, data={"text": ["the red circle"]})
+    assert response.status_code == 422, response.text
+    assert "form fields" in response.json()["error"]
+    assert_still_serving(client)
+
+
+def test_each_result_names_the_proposal_generator_that_ran(client):
+    body = post(client).json()
+    generator = client.get("/health").json()["proposals"]
+    assert generator and [r["proposal_generator"] for r in body["results"]] == [generator]
+    assert body["results"][0]["proposals"][0]["segmentation"]  # one key: proposals

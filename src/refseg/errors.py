@@ -27,5 +27,10 @@ class InputError(RefsegError, ValueError):
     """Bad user input other than images: empty text, bad option values, and the like."""
 
 
+class OptionError(InputError):
+    """A bad value for a named option: an unknown method, an out-of-range parameter. The
+    service answers it 422 (a valid request with a bad parameter)."""
+
+
 class DatasetError(RefsegError):
     """A dataset file is missing or malformed."""

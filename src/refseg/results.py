@@ -35,6 +35,9 @@ class SegmentationResult:
         method: the method (proposal systems) or system name that produced it.
         probability: dense systems only: ``float32 [H, W]`` per-pixel probability at the
             original size (proposal fields are then empty); ``None`` otherwise.
+        proposal_generator: the generator that made ``proposals`` (``"sam"``,
+            ``"superpixel"``, ``"gt"``, ``"file"``; ``"given"`` for masks passed to
+            ``set_image``); ``None`` for dense systems.
     """
 
     text: str
@@ -48,6 +51,7 @@ class SegmentationResult:
     original_size: tuple[int, int]
     method: str = "global-local"
     probability: np.ndarray | None = None
+    proposal_generator: str | None = None
 
     @property
     def bbox(self) -> tuple[int, int, int, int] | None:
@@ -103,17 +107,20 @@ class SegmentationResult:
         return path
 
     def to_dict(self, top: int = 5, rle: bool = False) -> dict[str, Any]:
-        """JSON-ready summary: text, phrase, score, bbox, area, top proposals (and RLE)."""
+        """JSON-ready summary: text, phrase, method, proposal generator, score, bbox, area,
+        the ``top`` best proposals (``proposals``: index and score; the service adds their
+        masks) and, with ``rle``, the mask as COCO RLE (``segmentation``)."""
         out: dict[str, Any] = {
             "text": self.text,
             "phrase": self.phrase,
             "method": self.method,
+            "proposal_generator": self.proposal_generator,
             "score": self.score,
             "proposal": self.index,
             "bbox": list(self.bbox) if self.bbox else None,
             "area": self.area,
             "num_proposals": len(self.proposals),
-            "top_proposals": [{"index": i, "score": s} for i, s in self.top(top)],
+            "proposals": [{"index": i, "score": s} for i, s in self.top(top)],
         }
         if self.probability is not None:
             out["dense"] = True

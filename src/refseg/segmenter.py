@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from refseg.clip import LoadedClip, load_clip
-from refseg.errors import InputError
+from refseg.errors import InputError, OptionError
 from refseg.image_io import DEFAULT_MAX_PIXELS, ImageSource, cap_pixels, load_image
 from refseg.masks import resize_masks
 from refseg.methods import GlobalLocalConfig, ImageContext, TextBatch, resolve_method
@@ -119,7 +119,7 @@ class Segmenter(System):
                 GlobalLocalConfig(), **{k_: v for k_, v in values.items() if v is not None}
             )
         except ValueError as exc:
-            raise InputError(str(exc)) from None
+            raise OptionError(str(exc)) from None
         loaded = load_clip(clip, device=device, dtype=dtype)
         generator = (
             create_proposals(proposals, **(proposal_options or {}))
@@ -158,10 +158,12 @@ class Segmenter(System):
         original_size = (rgb.height, rgb.width)
         working, _ = cap_pixels(rgb, self.max_pixels)
         working_size = (working.height, working.width)
+        generator = "given"
         if proposals is None:
             if self.proposals is None:
                 raise InputError("no proposal generator configured: pass proposals= to set_image")
             proposals = self.proposals(working, image_key=image_key)
+            generator = getattr(self.proposals, "name", None) or type(self.proposals).__name__
         if proposals.image_size not in (working_size, original_size):
             raise InputError(
                 f"proposal masks are {proposals.image_size}; the image is {original_size}"
@@ -180,6 +182,7 @@ class Segmenter(System):
             key=image_key,
             pixel_preset=preset,
             crop_source=crop_source,
+            generator=generator,
         )
         chosen, config = resolve_method(self.method, self.config)
         chosen.prepare(self.clip, self.context, config)
@@ -255,7 +258,7 @@ class Segmenter(System):
         try:
             config = replace(self.config, **{k: v for k, v in params.items() if v is not None})
         except (TypeError, ValueError) as exc:
-            raise InputError(str(exc)) from None
+            raise OptionError(str(exc)) from None
         chosen, config = resolve_method(method or self.method, config)
         if config.pixels != context.pixel_preset:
             with context.timed("pixels"):
@@ -290,7 +293,7 @@ class Segmenter(System):
         try:
             wanted = replace(self.config, **{k: v for k, v in options.items() if v is not None})
         except (TypeError, ValueError) as exc:
-            raise InputError(str(exc)) from None
+            raise OptionError(str(exc)) from None
         _, effective = resolve_method(method, wanted)
         return asdict(effective)
 
@@ -352,4 +355,5 @@ class Segmenter(System):
             proposals=proposals,
             original_size=context.original_size,
             method=method,
+            proposal_generator=context.generator,
         )

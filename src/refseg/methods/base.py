@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from refseg.clip.loaded import LoadedClip
-from refseg.errors import InputError
+from refseg.errors import OptionError
 from refseg.methods.global_local import GlobalLocalConfig
 from refseg.proposals.base import MaskProposals
 
@@ -35,6 +35,8 @@ class ImageContext:
             are prepared.
         crop_source: the ``reference`` preset's 800-px ImageNet-normalised image
             ``[3, H', W']``, from which its local crops are cut; ``None`` for ``clean``.
+        generator: name of the proposal generator that ran, ``"given"`` for masks passed
+            in (reported in each result).
     """
 
     image: Image.Image
@@ -46,6 +48,7 @@ class ImageContext:
     key: Any = None
     pixel_preset: str = "clean"
     crop_source: torch.Tensor | None = None
+    generator: str | None = None
 
     @contextmanager
     def timed(self, stage: str) -> Iterator[None]:
@@ -123,6 +126,6 @@ def resolve_method(name: str, params: GlobalLocalConfig) -> tuple[Method, Global
 
     if name not in _METHODS:
         valid = ", ".join(sorted(_METHODS))
-        raise InputError(f"unknown method {name!r}; choose one of: {valid}")
+        raise OptionError(f"unknown method {name!r}; choose one of: {valid}")
     spec = _METHODS[name]
     return spec.factory(), replace(params, **spec.overrides)

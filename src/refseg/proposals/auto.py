@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import warnings
 from typing import Any
 
 from refseg.proposals.base import ProposalGenerator, register_proposals
@@ -32,5 +33,10 @@ def auto_proposals(
             return SamProposals(checkpoint, device=device, **options)
     from refseg.proposals.superpixel import SuperpixelProposals
 
-    log.info("proposals: superpixel (no cached SAM checkpoint)")
+    warnings.warn(
+        f"--proposals auto: no cached SAM checkpoint ({AUTO_SAM_CHECKPOINT}) or no "
+        "transformers, so the weight-free superpixel proposals are used (less accurate); for "
+        "SAM: pip install 'refseg[sam]' and hf download facebook/sam-vit-base",
+        stacklevel=2,
+    )
     return SuperpixelProposals(**options)

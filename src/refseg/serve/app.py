@@ -39,7 +39,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from refseg import __version__
-from refseg.errors import ImageError, InputError, RefsegError
+from refseg.errors import ImageError, InputError, OptionError, RefsegError
 from refseg.masks import encode_rle, mask_bbox
 from refseg.serve.guards import BodyLimitMiddleware, SameSiteMiddleware
 from refseg.serve.service import (
@@ -121,6 +121,9 @@ class ResultOut(BaseModel):
     text: str = Field(description="the expression; empty for a visual prompt alone")
     phrase: str = Field(description="target noun phrase used for the local text feature")
     method: str = Field(description="the method or (dense systems) the system name")
+    proposal_generator: str | None = Field(
+        None, description="the proposal generator that ran (sam, superpixel, ...); null: dense"
+    )
     score: float | None = Field(
         description="the chosen proposal's score (dense: the highest probability); null if none"
     )
@@ -205,6 +208,7 @@ def status_for(exc: RefsegError) -> int:
         (ImageTooLargeError, 413),
         (ImageError, 400),
         (DeadlineExceededError, 504),
+        (OptionError, 422),
         (NotReadyError, 503),
     ):
         if isinstance(exc, kind):
@@ -239,7 +243,6 @@ def render_json(outcome: Outcome, top: int) -> dict[str, Any]:
     results = []
     for result in outcome.results:
         record = result.to_dict(top=0, rle=True)
-        record.pop("top_proposals")
         record["proposals"] = [proposal(result, int(i)) for i in result.ranking[:top]]
         record["dense"] = result.probability is not None
         record["heatmap"] = None if result.probability is None else heatmap_url(result.probability)
@@ -266,6 +269,19 @@ def render_png(outcome: Outcome) -> bytes:
     buffer = io.BytesIO()
     mask_image(outcome.results[0].mask).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def check_query_string(request: Request) -> None:
+    """Refuse (422) URL parameters other than ``format``: options go in the form body, and
+    one in the URL (``?alpha=0.0``) must not be silently ignored."""
+    misplaced = sorted(set(request.query_params) - {"format"})
+    if misplaced:
+        fields = " ".join(f"-F {name}=..." for name in misplaced)
+        raise ApiError(
+            422,
+            f"{', '.join(misplaced)} given in the URL: send options as form fields "
+            f"({fields}); only format=png goes in the URL",
+        )
 
 
 def check_texts(
@@ -409,6 +425,7 @@ def create_app(
         },
     )
     async def segment(
+        request: Request,
         image: Annotated[UploadFile, File(description="the image (PNG, JPEG, WebP, ...)")],
         text: Annotated[
             list[str] | None,
@@ -437,6 +454,7 @@ def create_app(
         features (``cached: true``). Options a system does not take are a 400.
         """
         deadline = time.monotonic() + settings.timeout_s
+        check_query_string(request)
         texts = check_texts(text or [], settings, allow_none=prompt_image is not None)
         if format == "png" and len(texts) != 1:
             raise ApiError(400, f"format=png needs exactly one expression; got {len(texts)}")
