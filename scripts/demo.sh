@@ -5,10 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
 mkdir -p out
-# --alpha 0.5: the value with the best val mIoU for shapes-vit (benchmarks/shapesref.md);
-# the paper's 0.95 was tuned for real CLIP on RefCOCO. --pixels clean: the pixels shapes-vit
-# was trained on (the default, reference, is the Global-Local authors' preparation for OpenAI CLIP).
+# shapes-vit carries its own defaults (src/refseg/weights/shapes-vit/recommended.json): alpha 0.5,
+# the value with the best val mIoU for it (benchmarks/shapesref.md; the paper's 0.95 was tuned
+# for real CLIP on RefCOCO), and pixels clean, the pixels it was trained on.
 .venv/bin/refseg segment examples/shapes_scene.png \
   "the white triangle" "the yellow disk on the left" "the rightmost circle" \
-  --clip shapes-vit --proposals superpixel --alpha 0.5 --pixels clean \
+  --clip shapes-vit --proposals superpixel \
   --out out/mask.png --overlay out/overlay.png

@@ -27,7 +27,8 @@ import numpy as np
 import torch
 
 from refseg.clip import LoadedClip, load_clip
-from refseg.errors import InputError, OptionError
+from refseg.clip.recommended import recommended_defaults
+from refseg.errors import CheckpointFormatError, InputError, OptionError
 from refseg.image_io import DEFAULT_MAX_PIXELS, ImageSource, cap_pixels, load_image
 from refseg.masks import resize_masks
 from refseg.methods import GlobalLocalConfig, ImageContext, TextBatch, resolve_method
@@ -56,6 +57,8 @@ class Segmenter(System):
         config: alpha, beta, k, normalisation and pixel preset (paper defaults).
         phrases: target noun phrase extractor; default auto-detects a spaCy pipeline.
         max_pixels: downscale larger images to this many pixels.
+        value_sources: who chose each configured value (``user``, ``model``, ``dataset``,
+            ``default``), reported by :meth:`describe`; :meth:`from_pretrained` fills it.
     """
 
     name: ClassVar[str] = "global-local"
@@ -70,8 +73,10 @@ class Segmenter(System):
         config: GlobalLocalConfig | None = None,
         phrases: PhraseExtractor | None = None,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        value_sources: dict[str, str] | None = None,
     ) -> None:
         self.clip = clip
+        self.value_sources = dict(value_sources or {})
         self.proposals = proposals
         self.method = method
         self.config = config or GlobalLocalConfig()
@@ -101,11 +106,17 @@ class Segmenter(System):
         spacy_pipeline: str | None = None,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         proposal_options: dict[str, Any] | None = None,
+        value_sources: dict[str, str] | None = None,
     ) -> Segmenter:
         """Build from names: a CLIP name or path, a proposal generator name or JSON file.
 
         ``proposals="auto"`` uses SAM when transformers and a cached ``sam-vit-base`` are
-        available, else the weight-free superpixel generator.
+        available, else the weight-free superpixel generator. A parameter left ``None``
+        takes the CLIP's recommended value (its ``recommended.json``, see
+        :mod:`refseg.clip.recommended`; the shipped shapes models: alpha 0.5, pixels clean),
+        else the paper's default. ``value_sources`` names who chose values given here
+        (default ``"user"``; eval passes ``{"alpha": "dataset"}`` for the paper's
+        per-dataset alpha).
         """
         values = {
             "alpha": alpha,
@@ -114,6 +125,24 @@ class Segmenter(System):
             "normalization": normalization,
             "pixels": pixels,
         }
+        recommended = (
+            recommended_defaults(clip, cls.name) if isinstance(clip, str | os.PathLike) else {}
+        )
+        unknown = sorted(set(recommended) - set(values))
+        if unknown:
+            raise CheckpointFormatError(
+                f"{clip}: recommended.json names {', '.join(unknown)}; the {cls.name} system "
+                f"takes {', '.join(values)}"
+            )
+        sources = {}
+        for key, value in values.items():
+            if value is not None:
+                sources[key] = (value_sources or {}).get(key, "user")
+            elif key in recommended:
+                values[key] = recommended[key]
+                sources[key] = "model"
+            else:
+                sources[key] = "default"
         try:
             config = replace(
                 GlobalLocalConfig(), **{k_: v for k_, v in values.items() if v is not None}
@@ -127,7 +156,7 @@ class Segmenter(System):
             else proposals
         )
         phrases = PhraseExtractor(spacy_pipeline, fallback="sentence")
-        return cls(loaded, generator, method, config, phrases, max_pixels)
+        return cls(loaded, generator, method, config, phrases, max_pixels, sources)
 
     # ----------------------------------------------------------------- image side
     @torch.inference_mode()
@@ -307,6 +336,7 @@ class Segmenter(System):
             "phrases": getattr(self.phrases, "pipeline_name", None),
             "max_pixels": self.max_pixels,
             **self.query_params(),
+            "value_sources": dict(self.value_sources),
             "device": str(self.clip.device),
         }
 

@@ -124,6 +124,7 @@ def default_run_dir(
 
 def run(args: argparse.Namespace) -> int:
 
+    from refseg.clip.recommended import recommended_defaults
     from refseg.commands.report import report_after_run
     from refseg.commands.score import format_table
     from refseg.data import ReferDataset, open_dataset
@@ -154,9 +155,12 @@ def run(args: argparse.Namespace) -> int:
         raise DatasetError(f"{args.name} {args.split} has no expressions; nothing to evaluate")
     if args.out:
         check_output_dir(Path(args.out), "--out")  # before any model loads
-    alpha = args.alpha
-    if alpha is None and "alpha" in factory_options(args.system):  # the paper's per dataset
-        alpha = ALPHA_BY_DATASET.get(args.name.lower())
+    alpha, sources = args.alpha, None
+    if alpha is None and "alpha" in factory_options(args.system):
+        # The model's own recommendation wins; else the paper's alpha for the dataset.
+        if "alpha" not in recommended_defaults(args.clip, args.system):
+            alpha = ALPHA_BY_DATASET.get(args.name.lower())
+            sources = {"alpha": "dataset"} if alpha is not None else None
     proposals: Any = None
     if args.proposals == "gt":
         if not isinstance(dataset, ReferDataset):
@@ -164,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
         from refseg.proposals.ground_truth import GroundTruthProposals
 
         proposals = GroundTruthProposals(dataset.root / dataset.name / "instances.json")
-    system = load_system(args, alpha=alpha, proposals=proposals)
+    system = load_system(args, alpha=alpha, proposals=proposals, value_sources=sources)
     check_system_points(points, system)
     split_by = getattr(dataset, "split_by", None)
     if launch is None:

@@ -109,7 +109,7 @@ def run_report(
 
     paper = paper_miou(name, split_by, split, settings.get("clip"))
     values = metrics.to_dict()
-    header = "| metric | ours |" + (" paper |" if paper is not None else "")
+    header = "| metric | this run |" + (" paper |" if paper is not None else "")
     lines += [header, "|---|---:|" + ("---:|" if paper is not None else "")]
     for key, value in values.items():
         if key in ("groups", "n_expressions") or key.startswith("n_"):
@@ -163,7 +163,19 @@ def _order(row: Mapping[str, Any]) -> tuple[Any, ...]:
     keys = list(PAPER_MIOU)
     key = (str(row["dataset"]).lower(), str(row["split_by"]), str(row["split"]))
     position = keys.index(key) if key in keys else len(keys)
-    return (str(row["clip"]), position, str(row["dataset"]), str(row["split"]))
+    return (
+        str(row["clip"]), position, str(row["dataset"]), str(row["split"]), str(row["method"]),
+        str(row["run"]),
+    )
+
+
+def run_method(settings: Mapping[str, Any]) -> str:
+    """``system`` for a dense system, ``method`` for global-local, ``system/method`` for
+    another proposal system (runs from before systems existed record only a method)."""
+    system, method = settings.get("system"), settings.get("method")
+    if system in (None, "global-local"):
+        return str(method or "global-local")
+    return str(system) if not method or method == system else f"{system}/{method}"
 
 
 def collect_rows(run_dirs: Sequence[Path]) -> list[dict[str, Any]]:
@@ -180,6 +192,7 @@ def collect_rows(run_dirs: Sequence[Path]) -> list[dict[str, Any]]:
         rows.append(
             {
                 "run": str(run),
+                "method": run_method(settings),
                 "dataset": settings.get("dataset"),
                 "split_by": settings.get("split_by"),
                 "split": settings.get("split"),
@@ -199,9 +212,9 @@ def collect_rows(run_dirs: Sequence[Path]) -> list[dict[str, Any]]:
 def collect_table(run_dirs: Sequence[Path]) -> str:
     """Markdown table of :func:`collect_rows`, with our mIoU minus the paper's."""
     lines = [
-        "| dataset | split | CLIP | proposals | pixels | alpha | expressions | oIoU | mIoU "
-        "| paper mIoU | Δ mIoU |",
-        "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|",
+        "| run | method | dataset | split | CLIP | proposals | pixels | alpha | expressions "
+        "| oIoU | mIoU | paper mIoU | Δ mIoU |",
+        "|---|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for row in collect_rows(run_dirs):
         ours, paper = row["mIoU"], row["paper_mIoU"]
@@ -209,7 +222,8 @@ def collect_table(run_dirs: Sequence[Path]) -> str:
         split = f"{row['split']} ({row['split_by']})" if row["split_by"] else row["split"]
         proposals = Path(str(row["proposals"])).name
         lines.append(
-            f"| {row['dataset']} | {split} | {row['clip']} | {proposals} | {row['pixels']} "
+            f"| {Path(row['run']).name} | {row['method']} | {row['dataset']} | {split} "
+            f"| {row['clip']} | {proposals} | {row['pixels']} "
             f"| {_fmt(row['alpha'])} "
             f"| {_fmt(row['n'])} | {_fmt(row['oIoU'])} | {_fmt(ours)} | {_fmt(paper)} "
             f"| {delta} |"
