@@ -125,11 +125,19 @@ def cap_pixels(image: Image.Image, max_pixels: int | None) -> tuple[Image.Image,
     """Downscale ``image`` so that width*height <= ``max_pixels``; returns (image, scale).
 
     ``scale`` is new_size / old_size (1.0 when nothing changed). Map masks back to the
-    original size with :func:`refseg.masks.resize_masks`.
+    original size with :func:`refseg.masks.resize_masks`. A downscale is announced with a
+    :class:`UserWarning` (the CLI prints it as one ``refseg: warning:`` line), so that a
+    user knows the work was done at a lower resolution.
     """
     width, height = image.size
     if max_pixels is None or width * height <= max_pixels:
         return image, 1.0
     scale = (max_pixels / float(width * height)) ** 0.5
     new_size = (max(1, int(width * scale)), max(1, int(height * scale)))
+    warnings.warn(
+        f"the {width}x{height} image is processed at {new_size[0]}x{new_size[1]} (over "
+        f"{max_pixels} pixels: --max-pixels / max_pixels); masks are returned at "
+        f"{width}x{height}",
+        stacklevel=2,
+    )
     return image.resize(new_size, Image.Resampling.BILINEAR), new_size[0] / width

@@ -240,6 +240,8 @@ class SuperpixelProposals:
         if not nonempty.any():
             return no_proposals(height, width, "every region vanished when upsampled")
         scores_kept = np.clip(scores_all[kept], 0.0, 1.0).astype(np.float32)
+        if nonempty.all():  # no copy of the full-size masks (the common case)
+            return MaskProposals(masks, scores_kept)
         return MaskProposals(masks[nonempty], scores_kept[nonempty])
 
 
