@@ -48,7 +48,7 @@ def test_every_option_says_its_default_and_the_page_has_examples(words: str) -> 
         if isinstance(action, argparse._StoreTrueAction) or action.required:
             continue
         text = formatter._expand_help(action) if action.help else ""
-        assert "default" in text.lower(), f"MISSING refseg {words} {action.option_strings[0]}: {text!r}"
+        assert "default" in text.lower(), f"refseg {words} {action.option_strings[0]}: {text!r}"
     page = parser.format_help()
     assert "examples:" in page and f"refseg {words}" in page.split("examples:")[1]
     assert "%(default)" not in page and "(default: None)" not in page
