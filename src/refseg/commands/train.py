@@ -68,7 +68,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "or under torchrun / accelerate launch."
         ),
         epilog=_presets_epilog(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     clip.add_argument("--preset", required=True, choices=list(PRESETS), help="see below")
     add_loop_arguments(

@@ -43,7 +43,6 @@ def add_subparser(commands: argparse._SubParsersAction) -> None:
             "refseg.clipseg.load_clipseg) and TRAINING.json to --out."
         ),
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     data = parser.add_argument_group("data")
     data.add_argument("--data", required=True, metavar="ROOT", help="dataset root")
@@ -51,13 +50,19 @@ def add_subparser(commands: argparse._SubParsersAction) -> None:
     data.add_argument("--split", default="train", help="training split (default: train)")
     data.add_argument("--val-split", default="val", help="validation split ('none': no val)")
     data.add_argument("--split-by", default=None, help="refer split scheme (default: per dataset)")
-    data.add_argument("--images", default=None, metavar="DIR", help="image directory")
+    data.add_argument(
+        "--images",
+        default=None,
+        metavar="DIR",
+        help="image directory (default: found under the root)",
+    )
     model = parser.add_argument_group("model")
     model.add_argument("--clip", default="ViT-B/16", help="frozen CLIP: name or path (a ViT)")
     model.add_argument(
         "--clip-source",
         default=None,
-        help="store this CLIP name instead of its weights (decoder-only file)",
+        help="store this CLIP name instead of its weights (decoder-only file; default: the "
+        "weights are stored)",
     )
     model.add_argument("--image-size", type=int, default=352, help="input side (default: 352)")
     model.add_argument(
@@ -83,7 +88,9 @@ def add_subparser(commands: argparse._SubParsersAction) -> None:
         "--text-weight-max", type=float, default=0.5, help="w ~ U(0, this) (default: 0.5)"
     )
     optim.add_argument("--no-visual", action="store_true", help="text conditionals only")
-    optim.add_argument("--template", default="random", choices=TEMPLATE_MODES)
+    optim.add_argument(
+        "--template", default="random", choices=TEMPLATE_MODES, help="text prompt templates"
+    )
     optim.add_argument(
         "--variants", type=int, default=1, help="random draws per sample (default: 1)"
     )

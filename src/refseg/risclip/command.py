@@ -25,17 +25,28 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "risclip",
         help="train RISCLIP (stage 1: adapters/CFE/SKE; stage 2: decoder) on a refer dataset",
         description=__doc__.splitlines()[0].replace("``", ""),
+        epilog="""examples:
+  refseg train risclip --stage 1 --preset shapes --data data --name shapesref --out runs/r1
+  refseg train risclip --stage 2 --preset shapes --data data --name shapesref \\
+      --init runs/r1 --out runs/r2
+""",
     )
     parser.add_argument("--stage", type=int, choices=(1, 2), required=True)
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="vit-b16-refcoco")
+    parser.add_argument(
+        "--preset", choices=sorted(PRESETS), default="vit-b16-refcoco", help="model and training"
+    )
     parser.add_argument("--data", required=True, type=Path, help="dataset root (refer layout)")
     parser.add_argument("--name", required=True, help="dataset folder: refcoco, shapesref, ...")
     parser.add_argument("--split-by", help="refer split (default: the dataset's usual one)")
-    parser.add_argument("--images", type=Path, help="image folder, if not under the root")
-    parser.add_argument("--init", type=Path, help="stage 2: the stage-1 output directory")
-    parser.add_argument("--clip", help="CLIP name or path overriding the preset's")
-    parser.add_argument("--epochs", type=float, help="epochs when --steps is not given")
-    parser.add_argument("--lr", type=float, help="AdamW learning rate (preset's otherwise)")
+    parser.add_argument("--images", type=Path, help="image folder (default: found under the root)")
+    parser.add_argument(
+        "--init", type=Path, help="stage 2: the stage-1 output directory (default: none)"
+    )
+    parser.add_argument("--clip", help="CLIP name or path (default: the preset's)")
+    parser.add_argument(
+        "--epochs", type=float, help="epochs when --steps is not given (default: the preset's)"
+    )
+    parser.add_argument("--lr", type=float, help="AdamW learning rate (default: the preset's)")
     parser.add_argument("--val-limit", type=int, default=500, help="val expressions scored")
     for part in ("adapters", "cfe", "ske"):
         parser.add_argument(f"--no-{part}", action="store_true", help=f"ablation: no {part}")
