@@ -71,3 +71,20 @@ def test_shard_is_documented_zero_based() -> None:
 def test_a_default_value_is_printed() -> None:
     page = " ".join(PAGES["serve"].format_help().split())
     assert "(default: 127.0.0.1)" in page and "(default: 8000)" in page
+
+
+def test_a_wrong_dataset_name_points_to_a_readme_section_covering_shapesref(tmp_path, capsys):
+    from pathlib import Path
+
+    from refseg.cli import main
+    from refseg.data.shapes import ShapesConfig, write_shapesref
+
+    write_shapesref(tmp_path, seed=0, images=3, config=ShapesConfig(image_size=64))
+    args = ["eval", "--dataset", str(tmp_path), "--name", "refcoco", "--split", "val",
+            "--clip", "shapes-vit", "--no-progress"]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert '"Datasets" section' in err and "refseg data shapes" in err
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## Datasets\n")[1].split("\n## ")[0]
+    assert "refseg data shapes ROOT" in section and "--name shapesref" in section

@@ -30,7 +30,7 @@ from refseg.errors import DatasetError
 from refseg.image_io import DECODE_PIXEL_LIMIT, load_image
 from refseg.masks import MaskFormatError, decode_segmentation
 
-README_HINT = 'see the "Datasets" section of the README'
+README_HINT = 'see the "Datasets" section of the README (ShapesRef: refseg data shapes ROOT)'
 # Most list items + dict entries the latin-1 text repair of a refs pickle walks (RefCOCOg's
 # refs hold a few million).
 MAX_REPAIR_ITEMS = 50_000_000
