@@ -61,7 +61,7 @@ def test_eval_prefers_the_model_value_to_the_paper_alpha_and_records_sources(
     tmp_path, tiny_clip_dir, recommending_clip
 ):
     root = write_refer_dataset(tmp_path / "data", name="refcocog", images=2)
-    config = _eval(root, tmp_path / "model", recommending_clip, "--limit", "1")
+    config = _eval(root, tmp_path / "by-model", recommending_clip, "--limit", "1")
     assert config["params"]["alpha"] == 0.3
     assert config["settings"]["value_sources"]["alpha"] == "model"
     assert config["limit"] == 1
