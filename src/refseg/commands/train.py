@@ -10,8 +10,6 @@ options (:func:`refseg.train.loop.add_loop_arguments`) are shared by every model
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
 
 from refseg.train.contrastive import (
     POOL_CAP,
@@ -108,14 +106,13 @@ def run(args: argparse.Namespace) -> int:
     loop = loop_config_from_args(
         args, steps=config.steps, batch_size=config.batch_size, seed=config.seed
     )
-    command = shlex.join(["refseg", *sys.argv[1:]]) if sys.argv[1:] else None
     extra = {k: getattr(loop, k) for k in _LOOP_PASS_THROUGH}
     result = train_contrastive(
         config,
         loop.out_dir,
         resume=loop.resume,
         progress=loop.progress,
-        command=command,
+        command=loop.command,
         **extra,
     )
     if result.main_process:

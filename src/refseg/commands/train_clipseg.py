@@ -7,8 +7,6 @@ Data: any refer-layout dataset (``--dataset shapesref|refcoco|...``) or PhraseCu
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
 
 from refseg.clipseg.config import resolve_layers
 from refseg.clipseg.prompts import TEMPLATE_MODES
@@ -137,8 +135,7 @@ def run(args: argparse.Namespace) -> int:
         sample=sample,
         eval_expressions=args.eval_expressions,
     )
-    command = shlex.join(["refseg", *sys.argv[1:]]) if sys.argv[1:] else None
-    loop = loop_config_from_args(args, command=command)
+    loop = loop_config_from_args(args)
     result = train(CLIPSegTask(config), loop)
     if result.main_process:
         evaluation = result.record.get("evaluation") or {}

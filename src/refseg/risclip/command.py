@@ -10,8 +10,6 @@ stage are converted to steps.
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
 from pathlib import Path
 
 from refseg.risclip.config import PRESETS, preset
@@ -90,8 +88,7 @@ def run(args: argparse.Namespace) -> int:
     if steps is None:
         epochs = args.epochs or (model.epochs_stage1 if args.stage == 1 else model.epochs_stage2)
         steps = task.steps_for_epochs(epochs, batch_size)
-    command = shlex.join(["refseg", *sys.argv[1:]]) if sys.argv[1:] else None
-    config = loop_config_from_args(args, steps=steps, batch_size=batch_size, command=command)
+    config = loop_config_from_args(args, steps=steps, batch_size=batch_size)
     result = train(task, config)
     val = result.record.get("evaluation") or {}
     print(f"saved {config.out_dir}: {task.name}, {steps} steps; val {val}")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import shlex
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -101,5 +103,12 @@ def loop_config_from_args(args: argparse.Namespace, **overrides: Any) -> Any:
     names = {f.name for f in dataclasses.fields(LoopConfig)}
     options = {name: getattr(args, name) for name in LOOP_DEFAULTS if name in names}
     options.update(out_dir=args.out, resume=args.resume, progress=not args.no_progress)
+    options["command"] = invoked_command()
     options.update(overrides)
     return LoopConfig(**options)
+
+
+def invoked_command() -> str | None:
+    """The command line as typed (``refseg ...``), for TRAINING.json; ``None`` when refseg
+    was called as a library."""
+    return shlex.join(["refseg", *sys.argv[1:]]) if sys.argv[1:] else None
