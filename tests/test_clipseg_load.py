@@ -150,3 +150,19 @@ def test_threshold_override_and_config_in_metadata(tmp_path, tiny_loaded):
     assert meta["format"] == "refseg-clipseg"
     assert json.loads(meta["config"])["decoder"]["extract_layers"] == [0, 1, 2]
     assert load_clipseg(tmp_path / "m", threshold=0.55, device="cpu").config.threshold == 0.55
+
+
+def test_metadata_declaring_a_huge_decoder_allocates_nothing(tmp_path, tiny_loaded):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    path = save_clipseg(tiny_loaded, tmp_path / "m")
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = dict(handle.metadata())
+        state = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+    config = json.loads(metadata["config"])
+    config["decoder"]["ffn_dim"] = 2**31  # 3 blocks x 2 x 16 x 2^31 floats: ~800 GB if built
+    metadata["config"] = json.dumps(config)
+    save_file(state, str(path), metadata=metadata)
+    with pytest.raises(CheckpointFormatError, match="shape: .*linear1"):
+        load_clipseg(path, device="cpu")

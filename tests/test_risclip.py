@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 import numpy as np
@@ -293,3 +294,22 @@ def test_packaged_risclip_shapes_loads_offline():
         out = model(torch.zeros(1, 3, 112, 112), tokens)
     assert out.patch_logits.shape == (1, 7, 7) and out.mask_logits.shape == (1, 112, 112)
     assert torch.isfinite(out.mask_logits).all()
+
+
+def test_metadata_declaring_a_huge_model_allocates_nothing(tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from refseg.errors import CheckpointFormatError
+    from refseg.risclip.io import resolve
+
+    with safe_open(str(resolve("risclip-shapes")), framework="pt") as handle:
+        metadata = dict(handle.metadata())
+        state = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+    config = json.loads(metadata["config"])
+    config["adapter_width"] = 2**30  # every block's adapters: hundreds of GB if built
+    metadata["config"] = json.dumps(config)
+    path = tmp_path / "risclip.safetensors"
+    save_file(state, str(path), metadata=metadata)
+    with pytest.raises(CheckpointFormatError, match="shape"):
+        load_risclip(path)

@@ -78,6 +78,15 @@ def available_models() -> list[str]:
 def load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], what: str) -> None:
     """``load_state_dict(strict=True)`` with every key problem listed in one message."""
     own = module.state_dict()
+    check_state(own, state, what)
+    module.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=True)
+
+
+def check_state(
+    own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], what: str
+) -> None:
+    """Raise :class:`CheckpointFormatError` listing every missing, unexpected or mis-shaped
+    key of ``state`` against ``own`` (which may live on the meta device)."""
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     shapes = [
@@ -92,7 +101,6 @@ def load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], what: str)
     ]
     if problems:
         raise CheckpointFormatError(f"{what} does not match the model; " + "; ".join(problems))
-    module.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=True)
 
 
 def clip_fingerprint(clip: CLIP) -> str:
@@ -111,7 +119,14 @@ def build_clipseg(
     decoder_state: Mapping[str, torch.Tensor],
     config: CLIPSegConfig,
 ) -> CLIPSeg:
-    """A :class:`CLIPSeg` over ``clip`` with the decoder weights loaded strictly."""
+    """A :class:`CLIPSeg` over ``clip`` with the decoder weights loaded strictly.
+
+    The decoder is first built on the meta device and compared with the weights, so a config
+    (from a file's metadata) that declares a huge decoder allocates nothing.
+    """
+    with torch.device("meta"):
+        blueprint = CLIPSeg(clip, config)
+    check_state(blueprint.decoder.state_dict(), decoder_state, "decoder checkpoint")
     model = CLIPSeg(clip, config)
     load_strict(model.decoder, decoder_state, "decoder checkpoint")
     return model.eval()

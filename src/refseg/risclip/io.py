@@ -83,8 +83,15 @@ def read_risclip(
     return config, stage, state
 
 
-def load_state(model: Risclip, state: dict[str, torch.Tensor], *, decoder: bool = True) -> None:
-    """Load trained weights into ``model``; ``decoder=False`` takes only stage-1 parts."""
+def load_state(
+    model: Risclip,
+    state: dict[str, torch.Tensor],
+    *,
+    decoder: bool = True,
+    shapes_only: bool = False,
+) -> None:
+    """Load trained weights into ``model``; ``decoder=False`` takes only stage-1 parts.
+    ``shapes_only`` checks keys and shapes without copying (for a model on the meta device)."""
     expected = model.trained_state()
     wanted = {k for k in expected if decoder or not k.startswith("decoder.")}
     given = {k for k in state if decoder or not k.startswith("decoder.")}
@@ -94,12 +101,15 @@ def load_state(model: Risclip, state: dict[str, torch.Tensor], *, decoder: bool 
             f"RISCLIP weights do not match the config: missing {missing[:5]}, "
             f"unexpected {extra[:5]}"
         )
+    for key in sorted(wanted):
+        if expected[key].shape != state[key].shape:
+            raise CheckpointFormatError(
+                f"{key}: shape {tuple(state[key].shape)}, expected {tuple(expected[key].shape)}"
+            )
+    if shapes_only:
+        return
     with torch.no_grad():
         for key in wanted:
-            if expected[key].shape != state[key].shape:
-                raise CheckpointFormatError(
-                    f"{key}: shape {tuple(state[key].shape)}, expected {tuple(expected[key].shape)}"
-                )
             expected[key].copy_(state[key])
 
 
@@ -111,6 +121,9 @@ def load_risclip(
     """A ready RISCLIP (eval mode) and its CLIP (tokenizer, preprocessing)."""
     config, _, state = read_risclip(source)
     clip = clip or load_clip(config.clip, device="cpu")
+    with torch.device("meta"):  # check a config from the file's metadata before allocating
+        blueprint = Risclip(clip.model, config, clip.tokenizer.eot_id)
+    load_state(blueprint, state, decoder=config.use_decoder, shapes_only=True)
     model = Risclip(clip.model, config, clip.tokenizer.eot_id)
     load_state(model, state, decoder=config.use_decoder)
     return model.to(device).eval(), clip
