@@ -21,7 +21,21 @@ from refseg.train.contrastive import (
 from refseg.train.options import add_loop_arguments, loop_config_from_args
 
 # Fields of ContrastiveConfig the `clip` command takes from the command line when given.
-_CLIP_OPTIONS = ("steps", "batch_size", "seed", "lr", "warmup_steps", "pool_size", "held_out_size")
+_CLIP_OPTIONS = (
+    "steps",
+    "batch_size",
+    "seed",
+    "lr",
+    "warmup_steps",
+    "pool_size",
+    "held_out_size",
+    "on_the_fly",
+    "negatives",
+    "positions",
+    "crop_fraction",
+    "probe_scenes",
+    "probe_seed",
+)
 
 
 def _presets_epilog() -> str:
@@ -30,18 +44,20 @@ def _presets_epilog() -> str:
     for name in PRESETS:
         values = {**{k: getattr(base, k) for k in _CLIP_OPTIONS}, **PRESET_TRAINING.get(name, {})}
         rows.append(
-            f"  {name:<11} {values['steps']:>6} {values['batch_size']:>6} "
+            f"  {name:<14} {values['steps']:>6} {values['batch_size']:>6} "
             f"{values['lr']:>8.0e} {values['warmup_steps']:>7}"
         )
     return "\n".join(
         [
             "presets (training defaults; shapes-* are the shipped models, tiny-* for tests):",
-            f"  {'preset':<11} {'steps':>6} {'batch':>6} {'lr':>8} {'warmup':>7}",
+            f"  {'preset':<14} {'steps':>6} {'batch':>6} {'lr':>8} {'warmup':>7}",
             *rows,
             "",
             "examples:",
             "  refseg train clip --preset shapes-vit --out runs/vit --threads 1",
             "  refseg train clip --preset shapes-vit --out runs/vit --threads 1 --resume",
+            "  refseg train clip --preset shapes-vit --out runs/negclip --threads 1 "
+            "--on-the-fly --positions --negatives 3 --eval-every 100 --probe-scenes 100",
             "  torchrun --nproc_per_node 2 -m refseg train clip --preset shapes-vit "
             "--out runs/vit --threads 1",
             "",
@@ -89,6 +105,48 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         metavar="N",
         help=f"held-out pairs for the retrieval accuracy (default: {base.held_out_size})",
+    )
+    negclip = clip.add_argument_group(
+        "hard negatives (NegCLIP; the shipped models use none of these)"
+    )
+    negclip.add_argument(
+        "--on-the-fly",
+        action="store_true",
+        default=None,
+        help="render fresh pairs every step (steps x batch size of them) instead of a pool",
+    )
+    negclip.add_argument(
+        "--negatives",
+        type=int,
+        metavar="N",
+        help=f"hard negative captions per scene pair, NegCLIP loss (needs --on-the-fly; "
+        f"default: {base.negatives})",
+    )
+    negclip.add_argument(
+        "--positions",
+        action="store_true",
+        default=None,
+        help='scene captions may say where an object lies ("... on the left"; needs --on-the-fly)',
+    )
+    negclip.add_argument(
+        "--crop-fraction",
+        type=float,
+        metavar="F",
+        help=f"share of single-object crop pairs on the fly (default: {base.crop_fraction})",
+    )
+    negclip.add_argument(
+        "--probe-scenes",
+        type=int,
+        metavar="N",
+        help="run the relation/binding/position probes (refseg probe) on N scenes at every "
+        "evaluation and keep the best mean(relation, binding) in OUT/best (default: 0, off)",
+    )
+    negclip.add_argument(
+        "--probe-seed",
+        type=int,
+        metavar="N",
+        help=f"seed of those probe scenes (default: {base.probe_seed}; report final figures "
+        "with refseg probe on another seed)",
     )
     clip.set_defaults(func=run)
     from refseg.commands.train_clipseg import add_subparser as add_clipseg

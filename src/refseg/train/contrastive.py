@@ -21,6 +21,7 @@ not split into micro-batches): a different, weaker objective.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -41,7 +42,10 @@ from refseg.clip.model import CLIP
 from refseg.clip.preprocess import resize_for_clip
 from refseg.clip.tokenizer import ClipTokenizer
 from refseg.errors import InputError
+from refseg.train.fresh_pairs import MAX_NEGATIVES, FreshPairs, FreshSample, pad_negatives
 from refseg.train.loop import LoopConfig, TaskBase, gather_with_grad, train
+from refseg.train.negatives_loss import hard_negative_accuracy, negclip_loss
+from refseg.train.shapes_presets import BIGGER_PRESETS
 from refseg.train.tokenizer import DEFAULT_CONTEXT_LENGTH, DEFAULT_VOCAB_SIZE, train_bpe
 
 # ``(seed, n) -> n (RGB image, caption) pairs``; ShapesRef's ``sample_training_pairs`` is one.
@@ -113,6 +117,7 @@ PRESETS: dict[str, Callable[[int, int], CLIPConfig]] = {
     "shapes-rn": _shapes_rn,
     "tiny-vit": _tiny_vit,
     "tiny-rn": _tiny_rn,
+    **BIGGER_PRESETS,  # shapes-vit-224
 }
 
 
@@ -131,6 +136,8 @@ def preset_config(name: str, vocab_size: int, context_length: int) -> CLIPConfig
 # shapes-rn reached only 73% crop colour+shape; 700 steps give 87%. Both drew from 6000
 # pairs (the pool's cap, see ContrastiveConfig.pool_pairs).
 POOL_CAP = 6000
+# Fresh pairs whose captions and negatives (with the caption words) train the tokenizer.
+TOKENIZER_CORPUS_PAIRS = 1000
 PRESET_TRAINING: dict[str, dict[str, Any]] = {
     "shapes-vit": {
         "steps": 700,
@@ -178,6 +185,19 @@ class ContrastiveConfig:
     context_length: int = DEFAULT_CONTEXT_LENGTH
     # Off-diagonal pairs whose captions mean the same are not negatives (crops repeat a lot).
     mask_duplicate_captions: bool = True
+    # The NegCLIP recipe (issue #13); the defaults are the shipped models' pool training.
+    # on_the_fly: every step renders fresh pairs (refseg.train.fresh_pairs) instead of
+    # drawing from a pool; negatives: hard negative captions per scene pair (NegCLIP loss);
+    # positions: scene captions may say where an object lies; crop_fraction: share of crop
+    # pairs (on the fly only; the pool uses sample_training_pairs' own).
+    on_the_fly: bool = False
+    negatives: int = 0
+    positions: bool = False
+    crop_fraction: float = 0.25
+    # Relation/binding/position probes (refseg.eval.probe) at every evaluation on this many
+    # scenes of probe_seed; the best checkpoint is then the best mean(relation, binding).
+    probe_scenes: int = 0
+    probe_seed: int = 1
 
     def __post_init__(self) -> None:
         if isinstance(self.betas, list):
@@ -190,13 +210,21 @@ class ContrastiveConfig:
             "pool_size": self.pool_size is None or self.pool_size >= self.batch_size,
             "held_out_size": self.held_out_size >= 2,
             "seed": self.seed >= 0,
+            "negatives": 0 <= self.negatives <= MAX_NEGATIVES,
+            "crop_fraction": 0.0 <= self.crop_fraction <= 1.0,
+            "probe_scenes": self.probe_scenes >= 0,
+            "probe_seed": self.probe_seed >= 0,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
             raise InputError(
                 f"invalid training option(s) {', '.join(bad)}: steps must be >= 1, "
-                "batch_size >= 2, pool_size >= batch_size, lr > 0, seed and warmup_steps >= 0"
+                "batch_size >= 2, pool_size >= batch_size, lr > 0, seed, warmup_steps, "
+                f"probe_scenes and probe_seed >= 0, negatives in 0..{MAX_NEGATIVES}, "
+                "crop_fraction in [0, 1]"
             )
+        if (self.negatives or self.positions) and not self.on_the_fly:
+            raise InputError("negatives and positions need on-the-fly pairs (--on-the-fly)")
         preset_config(self.preset, self.vocab_size, self.context_length)  # validates the name
 
     def to_dict(self) -> dict[str, Any]:
@@ -270,6 +298,13 @@ def caption_key(caption: str) -> str:
     synonyms = _synonyms()
     parts = [" ".join(synonyms.get(w, w) for w in part.split()) for part in text.split(" and ")]
     return " and ".join(sorted(parts))
+
+
+def caption_id(caption: str) -> int:
+    """A 63-bit id of the caption's :func:`caption_key`, equal on every rank and every step
+    (fresh pairs have no pool to number captions in)."""
+    digest = hashlib.blake2b(caption_key(caption).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
 
 
 def render_pool(
@@ -494,11 +529,16 @@ class WarmupCosine(torch.optim.lr_scheduler.LRScheduler):
 
 @dataclass
 class ContrastiveBatch:
-    """One micro-batch: ``uint8 [B, S, S, 3]`` images, tokens, caption ids."""
+    """One micro-batch: ``uint8 [B, S, S, 3]`` images, tokens, caption ids; with hard
+    negatives also ``K`` per pair, row-major (``[B * K, L]`` tokens, ``[B * K]`` caption ids
+    and 1 for a real negative, 0 for padding)."""
 
     images: torch.Tensor
     tokens: torch.Tensor
     caption_ids: torch.Tensor
+    negative_tokens: torch.Tensor | None = None
+    negative_ids: torch.Tensor | None = None
+    negative_valid: torch.Tensor | None = None
 
 
 class ContrastiveTask(TaskBase):
@@ -532,6 +572,11 @@ class ContrastiveTask(TaskBase):
         self.pool: PairPool | None = None
         self.held_out: PairPool | None = None
         self.tokenizer: ClipTokenizer | None = None
+        self.fresh: FreshPairs | None = None
+        if config.on_the_fly:
+            self.sampling = "epoch"  # every fresh pair once
+        if config.probe_scenes:
+            self.best_metric = "probe_mean"
 
     @property
     def image_size(self) -> int:
@@ -539,11 +584,25 @@ class ContrastiveTask(TaskBase):
 
     def _prepare(self) -> None:
         """Render the training pool and train the tokenizer on its captions (once)."""
-        if self.pool is not None:
+        if self.pool is not None or self.fresh is not None:
             return
         from refseg.data.shapes.words import caption_vocabulary
 
         config = self.config
+        if config.on_the_fly:
+            self.fresh = FreshPairs(
+                config.seed,
+                config.steps * config.batch_size,
+                self.image_size,
+                negatives=config.negatives,
+                positions=config.positions,
+                crop_fraction=config.crop_fraction,
+            )
+            corpus = [*caption_vocabulary(), *self.fresh.texts(TOKENIZER_CORPUS_PAIRS)]
+            self.tokenizer = ClipTokenizer(
+                train_bpe(corpus, config.vocab_size), config.context_length
+            )
+            return
         pool = render_pool(
             self.pair_source, config.seed, config.pool_pairs, self.image_size, self.progress
         )
@@ -554,19 +613,42 @@ class ContrastiveTask(TaskBase):
 
     def train_dataset(self) -> torch.utils.data.Dataset:
         self._prepare()
-        return _PoolRows(len(self.pool))
+        return self.fresh if self.fresh is not None else _PoolRows(len(self.pool))
 
     def build_model(self) -> CLIP:
         self._prepare()
         config = self.config
         return CLIP(preset_config(config.preset, self.tokenizer.vocab_size, config.context_length))
 
-    def collate(self, samples: list[int]) -> ContrastiveBatch:
+    def collate(self, samples: list[int] | list[FreshSample]) -> ContrastiveBatch:
+        if self.fresh is not None:
+            return self._collate_fresh(samples)
         rows = torch.tensor(samples, dtype=torch.long)
         pool = self.pool
         return ContrastiveBatch(pool.images[rows], pool.tokens[rows], pool.caption_ids[rows])
 
+    def _collate_fresh(self, samples: list[FreshSample]) -> ContrastiveBatch:
+        captions = [s.caption for s in samples]
+        batch = ContrastiveBatch(
+            torch.stack([s.image for s in samples]),
+            self.tokenizer(captions),
+            torch.tensor([caption_id(c) for c in captions], dtype=torch.long),
+        )
+        count = self.config.negatives
+        if count:
+            texts, valid = [], []
+            for sample in samples:
+                padded, real = pad_negatives(sample.caption, sample.negatives, count)
+                texts += padded
+                valid += real
+            batch.negative_tokens = self.tokenizer(texts)
+            batch.negative_ids = torch.tensor([caption_id(t) for t in texts], dtype=torch.long)
+            batch.negative_valid = torch.tensor(valid, dtype=torch.long)
+        return batch
+
     def loss(self, model: CLIP, batch: ContrastiveBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        if batch.negative_tokens is not None:
+            return self._negclip_loss(model, batch)
         pixels = pixels_from_uint8(batch.images, model.config.preprocess)
         image_features = gather_with_grad(model.encode_image(pixels))
         text = model.encode_text(trim_tokens(batch.tokens), self.tokenizer.eot_id)
@@ -574,6 +656,35 @@ class ContrastiveTask(TaskBase):
         ids = gather_with_grad(batch.caption_ids) if self.config.mask_duplicate_captions else None
         loss = contrastive_loss(image_features, text_features, model.logit_scale, ids)
         return loss, {}
+
+    def _negclip_loss(
+        self, model: CLIP, batch: ContrastiveBatch
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """NegCLIP over the gathered global batch; padding negatives are dropped after the
+        gather (every rank sends ``B x K`` rows)."""
+        pixels = pixels_from_uint8(batch.images, model.config.preprocess)
+        image_features = gather_with_grad(model.encode_image(pixels))
+        rows = batch.tokens.shape[0]
+        # captions and negatives through the text tower in one pass
+        tokens = trim_tokens(torch.cat([batch.tokens, batch.negative_tokens]))
+        text = model.encode_text(tokens, self.tokenizer.eot_id)
+        text_features = gather_with_grad(text[:rows])
+        negative_features = gather_with_grad(text[rows:])
+        valid = gather_with_grad(batch.negative_valid).bool()
+        owner = torch.arange(image_features.shape[0], device=valid.device)
+        owner = owner.repeat_interleave(self.config.negatives)[valid]
+        negative_features = negative_features[valid]
+        ids = negative_ids = None
+        if self.config.mask_duplicate_captions:
+            ids = gather_with_grad(batch.caption_ids)
+            negative_ids = gather_with_grad(batch.negative_ids)[valid]
+        loss = negclip_loss(
+            image_features, text_features, negative_features, model.logit_scale, ids, negative_ids
+        )
+        accuracy = hard_negative_accuracy(
+            image_features.detach(), text_features.detach(), negative_features.detach(), owner
+        )
+        return loss, {"hard_negative_accuracy": accuracy, "negatives": float(valid.sum())}
 
     def optimizer(self, model: CLIP) -> torch.optim.Optimizer:
         return _optimizer(model, self.config)
@@ -593,7 +704,7 @@ class ContrastiveTask(TaskBase):
         config = self.config
         if self.held_out is None:
             self.held_out = render_pool(
-                self.pair_source,
+                self.fresh.pair_source if self.fresh is not None else self.pair_source,
                 config.seed + HELD_OUT_SEED_OFFSET,
                 config.held_out_size,
                 self.image_size,
@@ -608,6 +719,21 @@ class ContrastiveTask(TaskBase):
             crops = list(shape_crops(config.seed, config.crop_eval_scenes))
             accuracy = crop_accuracy(model, self.tokenizer, crops, COLORS, SHAPES)
             metrics.update({f"crop_{k}": v for k, v in accuracy.items()})
+        if config.probe_scenes:
+            metrics.update(self._probe(model))
+        return metrics
+
+    def _probe(self, model: CLIP) -> dict[str, float]:
+        """Relation, binding and position probe accuracies on fresh scenes, and
+        ``probe_mean`` = mean(relation, binding), the best checkpoint's measure."""
+        from refseg.clip.loaded import LoadedClip
+        from refseg.eval.probe import run_probe
+
+        config = self.config
+        clip = LoadedClip(model, self.tokenizer, "training")
+        result = run_probe(clip, config.probe_seed, config.probe_scenes)
+        metrics = {f"probe_{k}": count.accuracy for k, count in result.counts.items()}
+        metrics["probe_mean"] = (metrics["probe_relation"] + metrics["probe_binding"]) / 2
         return metrics
 
     def save_artifact(self, model: CLIP, out_dir: Path) -> None:
@@ -617,7 +743,7 @@ class ContrastiveTask(TaskBase):
         config = self.config
         return {
             "preset": config.preset,
-            "pool_pairs": config.pool_pairs,
+            "pool_pairs": None if config.on_the_fly else config.pool_pairs,
             "held_out_pairs": config.held_out_size,
             "crop_eval_scenes": config.crop_eval_scenes if self.evaluate_crops else 0,
             "config": config.to_dict(),

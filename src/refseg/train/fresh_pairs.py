@@ -1,0 +1,117 @@
+"""Fresh ShapesRef training pairs rendered on the fly, each with its hard negatives
+(the NegCLIP recipe of issue #13, for :class:`refseg.train.contrastive.ContrastiveTask`).
+
+Sample ``i`` is pair ``i`` of :func:`refseg.data.shapes.captions.training_pair` (a pure
+function of ``(seed, i)``), squashed to the model's input size, with up to ``negatives``
+hard negatives drawn with the "negatives" random stream of ``(seed, i)``
+(:func:`refseg.data.shapes.negatives.hard_negatives`; crops get none). A pool of pre-rendered
+pairs repeats after ``pool_size / batch_size`` steps; here every step sees new scenes, so a
+model cannot memorise captions and must read the picture.
+
+Under several processes every rank gathers the negatives of the global batch, and gathers
+need equal shapes: :func:`pad_negatives` pads every pair to exactly ``negatives`` texts with
+its own caption, marked invalid, and the loss drops invalid rows after gathering.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from refseg.clip.preprocess import resize_for_clip
+from refseg.errors import InputError
+
+MAX_NEGATIVES = 8  # no ShapesRef caption has more distinct recompositions in practice
+
+
+@dataclass(frozen=True)
+class FreshSample:
+    """One rendered pair: ``uint8 [S, S, 3]`` image, caption, its hard negative texts."""
+
+    image: torch.Tensor
+    caption: str
+    negatives: tuple[str, ...]
+
+
+class FreshPairs(torch.utils.data.Dataset):
+    """Map-style dataset of ``size`` fresh pairs; sample ``i`` depends on ``(seed, i)`` only.
+
+    Args:
+        seed: seed of the "training" (pairs) and "negatives" random streams.
+        size: samples (a run uses ``steps x batch_size`` of them).
+        image_size: side the images are squashed to (the model's input).
+        negatives: at most this many hard negatives per pair (0: none).
+        positions: scene captions may say where an object lies ("... on the left").
+        crop_fraction: share of single-object crop pairs (these have no negatives).
+    """
+
+    def __init__(
+        self,
+        seed: int,
+        size: int,
+        image_size: int,
+        *,
+        negatives: int = 3,
+        positions: bool = True,
+        crop_fraction: float = 0.25,
+    ) -> None:
+        if size < 1 or image_size < 1 or not 0 <= negatives <= MAX_NEGATIVES:
+            raise InputError(
+                f"fresh pairs need size >= 1, image_size >= 1 and 0 <= negatives <= "
+                f"{MAX_NEGATIVES}; got {size}, {image_size}, {negatives}"
+            )
+        if not 0.0 <= crop_fraction <= 1.0:
+            raise InputError(f"crop_fraction must lie in [0, 1]; got {crop_fraction}")
+        self.seed, self.size, self.image_size = seed, size, image_size
+        self.negatives, self.positions, self.crop_fraction = negatives, positions, crop_fraction
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> FreshSample:
+        from refseg.data.shapes.captions import training_pair
+        from refseg.data.shapes.negatives import hard_negatives
+        from refseg.data.shapes.scene import scene_rng
+
+        if not 0 <= index < self.size:
+            raise IndexError(index)
+        pair = training_pair(
+            self.seed, index, crop_fraction=self.crop_fraction, positions=self.positions
+        )
+        found = []
+        if pair.crop is None and self.negatives:
+            rng = scene_rng(self.seed, index, stream="negatives")
+            found = hard_negatives(pair.caption, pair.scene, rng, self.negatives)
+        resized = resize_for_clip(pair.image.convert("RGB"), self.image_size, "squash")
+        image = torch.from_numpy(np.array(resized, dtype=np.uint8))
+        return FreshSample(image, pair.caption, tuple(n.text for n in found))
+
+    def texts(self, count: int) -> Iterator[str]:
+        """Captions and negatives of the first ``count`` samples (a tokenizer's corpus)."""
+        for index in range(min(count, self.size)):
+            sample = self[index]
+            yield sample.caption
+            yield from sample.negatives
+
+    def pair_source(self, seed: int, n: int) -> Iterator[tuple[object, str]]:
+        """``(image, caption)`` of the same distribution for another seed: the held-out pool
+        (:data:`refseg.train.contrastive.PairSource`)."""
+        from refseg.data.shapes.captions import sample_training_pairs
+
+        return sample_training_pairs(
+            seed, n, crop_fraction=self.crop_fraction, positions=self.positions
+        )
+
+
+def pad_negatives(
+    caption: str, negatives: tuple[str, ...], count: int
+) -> tuple[list[str], list[bool]]:
+    """Exactly ``count`` texts: the negatives, then the caption itself as padding; and which
+    are real negatives (padding is dropped from the loss after gathering)."""
+    if len(negatives) > count:
+        raise ValueError(f"{len(negatives)} negatives do not fit in {count}")
+    padding = count - len(negatives)
+    return [*negatives, *[caption] * padding], [True] * len(negatives) + [False] * padding
