@@ -1,0 +1,194 @@
+"""``refseg train clip`` with the NegCLIP recipe: fresh pairs on the fly, hard negatives
+padded for gathers, 2 ranks = 1 rank with the doubled batch, probe-based best checkpoint; and
+the default (pool) path still gives the losses it gave before any of this existed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from refseg.cli import build_parser
+from refseg.clip.model import CLIP
+from refseg.data.shapes.captions import training_pair
+from refseg.data.shapes.negatives import parse_caption, truth
+from refseg.errors import InputError
+from refseg.train.contrastive import (
+    PRESETS,
+    ContrastiveConfig,
+    ContrastiveTask,
+    caption_id,
+    preset_config,
+    train_contrastive,
+)
+from refseg.train.fresh_pairs import FreshPairs, pad_negatives
+from refseg.train.loop import LoopConfig, train
+from support.ranks import run_ranks
+from test_train import stand_in_pairs, tiny_config
+from test_train_loop import max_diff, save_final, without_key_biases
+
+GOLDEN = Path(__file__).parent / "golden" / "clip_default_losses.json"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def negclip_config(**overrides) -> ContrastiveConfig:
+    options = dict(
+        preset="tiny-vit",
+        steps=3,
+        batch_size=8,
+        lr=2e-3,
+        warmup_steps=0,
+        held_out_size=8,
+        on_the_fly=True,
+        positions=True,
+        negatives=3,
+        crop_fraction=0.25,
+    )
+    return ContrastiveConfig(**{**options, **overrides})
+
+
+def negclip_task(**overrides) -> ContrastiveTask:
+    return ContrastiveTask(negclip_config(**overrides), evaluate_crops=False, progress=False)
+
+
+def read_log(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_default_path_gives_the_losses_recorded_before_negatives(tmp_path):
+    train_contrastive(
+        tiny_config(steps=5),
+        tmp_path,
+        pair_source=stand_in_pairs,
+        progress=False,
+        evaluate_crops=False,
+        threads=1,
+        log_every=1,
+    )
+    losses = [e["loss"] for e in read_log(tmp_path) if e["split"] == "train"]
+    assert losses == json.loads(GOLDEN.read_text())["losses"]  # bit for bit
+    assert all("hard_negative_accuracy" not in e for e in read_log(tmp_path))
+
+
+def test_fresh_negatives_are_false_for_their_scene_and_padded_consistently():
+    seed, size = 5, 24
+    pairs = FreshPairs(seed, size, 32, negatives=3, positions=True, crop_fraction=0.25)
+    counts = []
+    for index in range(size):
+        sample = pairs[index]
+        pair = training_pair(seed, index, crop_fraction=0.25, positions=True)
+        assert sample.caption == pair.caption and sample.image.shape == (32, 32, 3)
+        if pair.crop is not None:
+            assert sample.negatives == ()
+        for text in sample.negatives:
+            assert truth(parse_caption(text), pair.scene) is False, (text, pair.caption)
+            assert caption_id(text) != caption_id(sample.caption)
+        counts.append(len(sample.negatives))
+    assert sum(counts) > size  # scene pairs mostly have several
+    again = FreshPairs(seed, size, 32, negatives=3, positions=True, crop_fraction=0.25)[3]
+    assert torch.equal(again.image, pairs[3].image)  # a pure function of (seed, index)
+    assert (again.caption, again.negatives) == (pairs[3].caption, pairs[3].negatives)
+
+    task = negclip_task(steps=3)
+    task.train_dataset()
+    batch = task.collate([pairs[i] for i in range(8)])
+    assert batch.negative_tokens.shape[0] == batch.negative_ids.shape[0] == 8 * 3
+    assert int(batch.negative_valid.sum()) == sum(counts[:8])
+    for row in range(8):
+        texts, valid = pad_negatives(pairs[row].caption, pairs[row].negatives, 3)
+        assert len(texts) == 3 and valid == [True] * counts[row] + [False] * (3 - counts[row])
+        assert texts[counts[row] :] == [pairs[row].caption] * (3 - counts[row])
+        ids = batch.negative_ids[row * 3 : row * 3 + 3]
+        assert (ids[counts[row] :] == batch.caption_ids[row]).all()  # padding: its own id
+    with pytest.raises(ValueError):
+        pad_negatives("a", ("b", "c"), 1)
+
+
+def test_padding_does_not_change_the_loss():
+    # the same samples padded to 3 or to 6 negatives: padding is dropped after the gather
+    base = negclip_task(negatives=3)
+    base.train_dataset()
+    rows = sorted(range(len(base.fresh)), key=lambda i: -len(base.fresh[i].negatives))[:8]
+    samples = [base.fresh[i] for i in rows]
+    wide = negclip_task(negatives=6)
+    wide.train_dataset()
+    wide.tokenizer = base.tokenizer  # its corpus may differ; the model must not
+    losses = []
+    for task in (base, wide):
+        torch.manual_seed(0)
+        model = CLIP(preset_config("tiny-vit", task.tokenizer.vocab_size, 32))
+        loss, numbers = task.loss(model, task.collate(samples))
+        losses.append((float(loss.detach()), numbers["negatives"]))
+    assert losses[0][1] == losses[1][1] == sum(len(s.negatives) for s in samples) > 8
+    assert losses[0][0] == pytest.approx(losses[1][0], abs=1e-6)
+
+
+def _train_negclip(rank: int, out: Path) -> None:
+    task = negclip_task()
+    loop = LoopConfig(out_dir=out / "run", steps=3, batch_size=8, threads=1, progress=False,
+                      log_every=1)
+    save_final(train(task, loop), out / f"negclip.{rank}.pt")
+
+
+def test_two_ranks_with_negatives_train_as_one_rank_with_the_doubled_batch(tmp_path):
+    _train_negclip(0, tmp_path / "single")
+    run_ranks(_train_negclip, 2, tmp_path / "ddp")
+    one = torch.load(tmp_path / "single" / "negclip.0.pt")
+    rank0, rank1 = (torch.load(tmp_path / "ddp" / f"negclip.{r}.pt") for r in (0, 1))
+    assert max_diff(rank0, rank1) == 0.0
+    assert max_diff(without_key_biases(one), without_key_biases(rank0)) < 1e-5
+    logs = [read_log(tmp_path / d / "run") for d in ("single", "ddp")]
+    train_logs = [[e for e in log if e["split"] == "train"] for log in logs]
+    for a, b in zip(*train_logs, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+        assert a["negatives"] == b["negatives"] > 0  # every rank counted the global batch
+        assert a["hard_negative_accuracy"] == pytest.approx(b["hard_negative_accuracy"])
+
+
+def test_best_checkpoint_is_chosen_by_the_probes(tmp_path):
+    task = negclip_task(steps=4, probe_scenes=4, probe_seed=1)
+    result = train(task, LoopConfig(out_dir=tmp_path, steps=4, batch_size=8, threads=1,
+                                    progress=False, eval_every=1))
+    val = {e["step"]: e for e in read_log(tmp_path) if e["split"] == "val"}
+    assert sorted(val) == [1, 2, 3, 4]
+    for entry in val.values():
+        assert entry["probe_mean"] == pytest.approx(
+            (entry["probe_relation"] + entry["probe_binding"]) / 2
+        )
+        assert 0.0 <= entry["probe_position"] <= 1.0
+    best = json.loads((tmp_path / "best" / "best.json").read_text())
+    means = [val[s]["probe_mean"] for s in sorted(val)]
+    assert best["metric"] == "probe_mean" and best["value"] == max(means)
+    assert best["step"] == sorted(val)[means.index(max(means))]  # the first best
+    assert (tmp_path / "best" / "model.safetensors").is_file()
+    assert result.record["pool_pairs"] is None and result.record["config"]["negatives"] == 3
+
+
+def test_options_are_checked_and_parsed():
+    with pytest.raises(InputError, match="on-the-fly"):
+        ContrastiveConfig(preset="tiny-vit", negatives=3)
+    with pytest.raises(InputError, match="on-the-fly"):
+        ContrastiveConfig(preset="tiny-vit", positions=True)
+    with pytest.raises(InputError, match="negatives"):
+        ContrastiveConfig(preset="tiny-vit", on_the_fly=True, negatives=99)
+    assert preset_config("shapes-vit-224", 300, 32).vision.image_size == 224
+    assert "shapes-vit-224" in PRESETS
+    parser = build_parser()
+    args = parser.parse_args(["train", "clip", "--preset", "shapes-vit-224", "--out", "x",
+                              "--on-the-fly", "--positions", "--negatives", "3",
+                              "--probe-scenes", "100"])
+    assert (args.on_the_fly, args.positions, args.negatives, args.probe_scenes) == (
+        True, True, 3, 100)
+    plain = parser.parse_args(["train", "clip", "--preset", "shapes-vit", "--out", "x"])
+    # unset: the config's defaults, so the shipped commands train as before
+    assert (plain.on_the_fly, plain.negatives, plain.positions, plain.probe_scenes) == (
+        None, None, None, None)
