@@ -235,6 +235,19 @@ def test_resume_into_other_configuration_is_refused(tmp_path, data_root, tiny_cl
     assert "another configuration" in error and "params.alpha: 0.5 there, 0.6 now" in error
 
 
+def test_resume_with_another_precision_is_refused(tmp_path, data_root, tiny_clip_dir, capsys):
+    common = ["--dataset", str(data_root), "--name", "tinyref", "--split", "val",
+              "--proposals", "gt", "--clip", str(tiny_clip_dir), "--out", str(tmp_path / "r"),
+              "--limit", "1"]
+    with runtime.overridden():  # the CLI changes process-wide settings; restore them after
+        assert run_cli(*common) == 0
+        assert run_cli(*common, "--precision", "bf16") == 2
+    error = capsys.readouterr().err
+    assert "another configuration" in error and "precision: 'fp32' there, 'bf16' now" in error
+    settings = json.loads((tmp_path / "r" / "config.json").read_text())["settings"]
+    assert (settings["precision"], settings["backend"]) == ("fp32", "torch")
+
+
 # -------------------------------------------------------------------- resume (library)
 def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, data_root, make_segmenter):
     dataset = open_dataset(data_root, "tinyref", "val")

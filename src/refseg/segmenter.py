@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from refseg import runtime
 from refseg.clip import LoadedClip, load_clip
 from refseg.clip.recommended import recommended_defaults
 from refseg.errors import CheckpointFormatError, InputError, OptionError
@@ -336,6 +337,9 @@ class Segmenter(System):
             "phrases": getattr(self.phrases, "pipeline_name", None),
             "max_pixels": self.max_pixels,
             **self.query_params(),
+            # Process-wide (refseg.runtime): recorded so a resume cannot mix fp32 and bf16.
+            "precision": runtime.settings().precision,
+            "backend": runtime.settings().backend,
             "value_sources": dict(self.value_sources),
             "device": str(self.clip.device),
         }
