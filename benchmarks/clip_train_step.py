@@ -32,9 +32,6 @@ from refseg.data.shapes.negatives import hard_negatives
 from refseg.train import PRESETS
 from refseg.train.contrastive import pixels_from_uint8, trim_tokens
 from refseg.train.negatives_loss import negclip_loss
-from refseg.train.shapes_presets import BIGGER_PRESETS
-
-ALL_PRESETS = {**PRESETS, **BIGGER_PRESETS}
 
 
 def real_batch(batch: int, negatives: int) -> tuple[list, list[str], list[str]]:
@@ -90,7 +87,7 @@ def main() -> None:
     )
     for name in args.presets:
         torch.manual_seed(0)
-        model = CLIP(ALL_PRESETS[name](tokenizer.vocab_size, tokenizer.context_length))
+        model = CLIP(PRESETS[name](tokenizer.vocab_size, tokenizer.context_length))
         model.train()
         size = model.config.preprocess.image_size
         pixels = pixels_from_uint8(

@@ -5,12 +5,15 @@ from __future__ import annotations
 import torch
 
 from refseg.clip import CLIP
-from refseg.train.shapes_presets import BIGGER_PRESETS, shapes_vit_224
+from refseg.train.contrastive import PRESETS
 
 
 def test_shapes_vit_224_has_a_14_by_14_grid_and_encodes():
-    config = shapes_vit_224(vocab_size=300, context_length=16)
-    assert BIGGER_PRESETS["shapes-vit-224"] is shapes_vit_224
+    config = PRESETS["shapes-vit-224"](300, 16)
+    small = PRESETS["shapes-vit"](300, 16)
+    assert (config.vision.layers, config.vision.width, config.text) == (
+        small.vision.layers, small.vision.width, small.text
+    )
     assert config.vision.image_size // config.vision.patch_size == 14
     assert config.preprocess.image_size == config.vision.image_size == 224
     torch.manual_seed(0)

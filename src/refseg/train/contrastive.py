@@ -21,6 +21,7 @@ not split into micro-batches): a different, weaker objective.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import math
 import os
@@ -45,7 +46,6 @@ from refseg.errors import InputError
 from refseg.train.fresh_pairs import MAX_NEGATIVES, FreshPairs, FreshSample, pad_negatives
 from refseg.train.loop import LoopConfig, TaskBase, gather_with_grad, train
 from refseg.train.negatives_loss import hard_negative_accuracy, negclip_loss
-from refseg.train.shapes_presets import BIGGER_PRESETS
 from refseg.train.tokenizer import DEFAULT_CONTEXT_LENGTH, DEFAULT_VOCAB_SIZE, train_bpe
 
 # ``(seed, n) -> n (RGB image, caption) pairs``; ShapesRef's ``sample_training_pairs`` is one.
@@ -65,13 +65,15 @@ def _text_tower(vocab_size: int, context_length: int, layers: int) -> TextConfig
     )
 
 
-def _shapes_vit(vocab_size: int, context_length: int) -> CLIPConfig:
-    """ViT with ViT-B/32's 7x7 patch grid (112 px / 16 px patches), ~2 M parameters."""
+def _shapes_vit(vocab_size: int, context_length: int, image_size: int = 112) -> CLIPConfig:
+    """ViT of 16 px patches, 6 layers of width 128, ~2 M parameters: at 112 px ViT-B/32's
+    7x7 grid (``shapes-vit``), at 224 px a 14x14 grid for the dense systems
+    (``shapes-vit-224``)."""
     return CLIPConfig(
         embed_dim=128,
-        vision=VisionConfig(image_size=112, layers=6, width=128, heads=4, patch_size=16),
+        vision=VisionConfig(image_size=image_size, layers=6, width=128, heads=4, patch_size=16),
         text=_text_tower(vocab_size, context_length, layers=3),
-        preprocess=PreprocessConfig(image_size=112, resize_mode="squash"),
+        preprocess=PreprocessConfig(image_size=image_size, resize_mode="squash"),
         quick_gelu=True,
     )
 
@@ -117,7 +119,7 @@ PRESETS: dict[str, Callable[[int, int], CLIPConfig]] = {
     "shapes-rn": _shapes_rn,
     "tiny-vit": _tiny_vit,
     "tiny-rn": _tiny_rn,
-    **BIGGER_PRESETS,  # shapes-vit-224
+    "shapes-vit-224": functools.partial(_shapes_vit, image_size=224),
 }
 
 
