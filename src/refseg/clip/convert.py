@@ -78,11 +78,26 @@ def convert_hf_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, t
                 raise CheckpointFormatError(f"unexpected key in Hugging Face CLIP weights: {key}")
         else:
             raise CheckpointFormatError(f"unexpected key in Hugging Face CLIP weights: {key}")
-    for (prefix, kind), parts in qkv.items():
+    out.update(fuse_qkv(qkv, "attn."))
+    return out
+
+
+def fuse_qkv(
+    qkv: Mapping[tuple[str, str], Mapping[str, torch.Tensor]], attention: str
+) -> dict[str, torch.Tensor]:
+    """Hugging Face's separate ``q_proj/k_proj/v_proj`` weights and biases, collected as
+    ``{(block prefix, "weight"|"bias"): {"q_proj": t, ...}}``, as torch's fused
+    ``<prefix><attention>in_proj_weight|in_proj_bias`` (rows q, then k, then v).
+
+    Raises:
+        CheckpointFormatError: a block lacks one of the three projections.
+    """
+    out: dict[str, torch.Tensor] = {}
+    for (prefix, kind), parts in sorted(qkv.items()):
         if set(parts) != {"q_proj", "k_proj", "v_proj"}:
             raise CheckpointFormatError(f"incomplete q/k/v projections under {prefix}")
         name = "in_proj_weight" if kind == "weight" else "in_proj_bias"
-        out[prefix + "attn." + name] = torch.cat(
+        out[prefix + attention + name] = torch.cat(
             [parts["q_proj"], parts["k_proj"], parts["v_proj"]], dim=0
         )
     return out

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from refseg.clip.config import CLIPConfig
-from refseg.clip.convert import config_from_hf, convert_hf_state_dict
+from refseg.clip.convert import config_from_hf, convert_hf_state_dict, fuse_qkv
 from refseg.clipseg.config import HF_COMPAT_LAYERS, PAPER_LAYERS, CLIPSegConfig, DecoderConfig
 from refseg.errors import CheckpointFormatError
 
@@ -82,13 +82,7 @@ def convert_hf_decoder(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Ten
                 raise CheckpointFormatError(f"unexpected key in HF CLIPSeg decoder: decoder.{key}")
         else:
             raise CheckpointFormatError(f"unexpected key in HF CLIPSeg decoder: decoder.{key}")
-    for (prefix, kind), parts in sorted(qkv.items()):
-        if set(parts) != {"q_proj", "k_proj", "v_proj"}:
-            raise CheckpointFormatError(f"incomplete q/k/v projections in decoder {prefix}")
-        name = "in_proj_weight" if kind == "weight" else "in_proj_bias"
-        out[prefix + "self_attn." + name] = torch.cat(
-            [parts["q_proj"], parts["k_proj"], parts["v_proj"]], dim=0
-        )
+    out.update(fuse_qkv(qkv, "self_attn."))
     return out
 
 
