@@ -7,7 +7,12 @@ import math
 import pytest
 import torch
 
-from refseg.train.negatives_loss import hard_negative_accuracy, negclip_logits, negclip_loss
+from refseg.train.negatives_loss import (
+    hard_negative_accuracy,
+    negclip_logits,
+    negclip_loss,
+    own_negatives_loss,
+)
 
 
 def _ce(logits: list[float], target: int) -> float:
@@ -102,3 +107,32 @@ def test_shape_mismatch_is_refused():
         negclip_loss(IMAGES, TEXTS[:1], NEGATIVES, SCALE)
     with pytest.raises(ValueError, match="negative features"):
         negclip_loss(IMAGES, TEXTS, torch.zeros(2, 3), SCALE)
+
+
+def test_own_negatives_loss_matches_a_hand_computation():
+    # K = 2 per image, row-major; image 1's second negative is padding
+    negatives = torch.tensor([_unit(30), _unit(120), _unit(180), _unit(0)])
+    valid = torch.tensor([True, True, True, False])
+    cos, r = math.cos, math.radians
+    row0 = [2 * cos(r(a)) for a in (0, 30, 120)]  # image 0: caption 0 deg, negatives 30, 120
+    row1 = [2 * cos(r(a)) for a in (30, 90)]  # image 1 (90): caption 60, negative 180
+    expected = (_ce(row0, 0) + _ce(row1, 0)) / 2
+    loss = own_negatives_loss(IMAGES, TEXTS, negatives, valid, SCALE)
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_own_negatives_loss_skips_images_without_negatives_and_keeps_gradients_finite():
+    scale = SCALE.clone().requires_grad_()
+    negatives = torch.tensor([_unit(30), _unit(120), _unit(180), _unit(0)], requires_grad=True)
+    only_first = torch.tensor([True, True, False, False])
+    loss = own_negatives_loss(IMAGES, TEXTS, negatives, only_first, scale)
+    cos, r = math.cos, math.radians
+    assert loss.item() == pytest.approx(_ce([2 * cos(r(a)) for a in (0, 30, 120)], 0), rel=1e-6)
+    loss.backward()
+    # padding must not reach the temperature as -inf x 0 = NaN
+    assert torch.isfinite(scale.grad) and torch.isfinite(negatives.grad).all()
+    assert negatives.grad[2:].abs().sum() == 0
+    none = own_negatives_loss(IMAGES, TEXTS, negatives, torch.zeros(4, dtype=torch.bool), SCALE)
+    assert none.item() == 0.0
+    with pytest.raises(ValueError, match="B \\* K"):
+        own_negatives_loss(IMAGES, TEXTS, negatives[:3], only_first[:3], SCALE)

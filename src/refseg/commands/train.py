@@ -35,6 +35,8 @@ _CLIP_OPTIONS = (
     "crop_fraction",
     "probe_scenes",
     "probe_seed",
+    "init",
+    "negative_weight",
 )
 
 
@@ -90,6 +92,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         set_elsewhere={"steps": "the preset's", "batch_size": "the preset's"},
     )
     base = ContrastiveConfig(preset="tiny-vit")
+    clip.add_argument(
+        "--init",
+        metavar="CLIP",
+        help="start from this CLIP (a name such as shapes-vit, or a saved directory) and keep "
+        "its tokenizer, instead of random weights; it must be the --preset's architecture",
+    )
     clip.add_argument("--lr", type=float, help="peak learning rate (default: the preset's)")
     clip.add_argument(
         "--warmup-steps", type=int, metavar="N", help="linear warm-up (default: the preset's)"
@@ -133,6 +141,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         type=float,
         metavar="F",
         help=f"share of single-object crop pairs on the fly (default: {base.crop_fraction})",
+    )
+    negclip.add_argument(
+        "--negative-weight",
+        type=float,
+        metavar="W",
+        help="add W x a focused loss: each image against its own caption and own hard "
+        f"negatives only (default: {base.negative_weight}, plain NegCLIP)",
     )
     negclip.add_argument(
         "--probe-scenes",

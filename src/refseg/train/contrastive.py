@@ -39,13 +39,18 @@ from tqdm import tqdm
 
 from refseg.clip.config import CLIPConfig, PreprocessConfig, TextConfig, VisionConfig
 from refseg.clip.load import save_clip
+from refseg.clip.loaded import LoadedClip
 from refseg.clip.model import CLIP
 from refseg.clip.preprocess import resize_for_clip
 from refseg.clip.tokenizer import ClipTokenizer
 from refseg.errors import InputError
 from refseg.train.fresh_pairs import MAX_NEGATIVES, FreshPairs, FreshSample, pad_negatives
 from refseg.train.loop import LoopConfig, TaskBase, gather_with_grad, train
-from refseg.train.negatives_loss import hard_negative_accuracy, negclip_loss
+from refseg.train.negatives_loss import (
+    hard_negative_accuracy,
+    negclip_loss,
+    own_negatives_loss,
+)
 from refseg.train.tokenizer import DEFAULT_CONTEXT_LENGTH, DEFAULT_VOCAB_SIZE, train_bpe
 
 # ``(seed, n) -> n (RGB image, caption) pairs``; ShapesRef's ``sample_training_pairs`` is one.
@@ -200,6 +205,15 @@ class ContrastiveConfig:
     # scenes of probe_seed; the best checkpoint is then the best mean(relation, binding).
     probe_scenes: int = 0
     probe_seed: int = 1
+    # Start from this CLIP (a name such as "shapes-vit" or a saved directory) instead of
+    # random weights: its architecture and tokenizer are kept (no BPE is trained, so token
+    # ids keep their meaning) and ``preset`` must name the same architecture.
+    init: str | None = None
+    # Weight of a second, focused hard-negative term: per image, cross-entropy over its own
+    # caption and its own negatives only (0: plain NegCLIP). In the full NegCLIP softmax a
+    # few hard negatives are drowned by B other captions while the model is still learning
+    # objects; this term gives them a gradient of their own (see benchmarks/negclip_trials.md).
+    negative_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if isinstance(self.betas, list):
@@ -216,6 +230,7 @@ class ContrastiveConfig:
             "crop_fraction": 0.0 <= self.crop_fraction <= 1.0,
             "probe_scenes": self.probe_scenes >= 0,
             "probe_seed": self.probe_seed >= 0,
+            "negative_weight": self.negative_weight >= 0.0,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -227,6 +242,8 @@ class ContrastiveConfig:
             )
         if (self.negatives or self.positions) and not self.on_the_fly:
             raise InputError("negatives and positions need on-the-fly pairs (--on-the-fly)")
+        if self.negative_weight and not self.negatives:
+            raise InputError("negative_weight needs hard negatives (--negatives N)")
         preset_config(self.preset, self.vocab_size, self.context_length)  # validates the name
 
     def to_dict(self) -> dict[str, Any]:
@@ -575,6 +592,7 @@ class ContrastiveTask(TaskBase):
         self.held_out: PairPool | None = None
         self.tokenizer: ClipTokenizer | None = None
         self.fresh: FreshPairs | None = None
+        self._init: LoadedClip | None = None
         if config.on_the_fly:
             self.sampling = "epoch"  # every fresh pair once
         if config.probe_scenes:
@@ -585,12 +603,14 @@ class ContrastiveTask(TaskBase):
         return preset_config(self.config.preset, self.config.vocab_size, 1).vision.image_size
 
     def _prepare(self) -> None:
-        """Render the training pool and train the tokenizer on its captions (once)."""
+        """Render the training pool (or set up fresh pairs) and train the tokenizer on the
+        captions, or take ``config.init``'s (once)."""
         if self.pool is not None or self.fresh is not None:
             return
         from refseg.data.shapes.words import caption_vocabulary
 
         config = self.config
+        initial = self._initial()
         if config.on_the_fly:
             self.fresh = FreshPairs(
                 config.seed,
@@ -600,27 +620,66 @@ class ContrastiveTask(TaskBase):
                 positions=config.positions,
                 crop_fraction=config.crop_fraction,
             )
-            corpus = [*caption_vocabulary(), *self.fresh.texts(TOKENIZER_CORPUS_PAIRS)]
-            self.tokenizer = ClipTokenizer(
-                train_bpe(corpus, config.vocab_size), config.context_length
-            )
+            if initial is not None:
+                self.tokenizer = initial.tokenizer
+            else:
+                corpus = [*caption_vocabulary(), *self.fresh.texts(TOKENIZER_CORPUS_PAIRS)]
+                self.tokenizer = ClipTokenizer(
+                    train_bpe(corpus, config.vocab_size), config.context_length
+                )
             return
         pool = render_pool(
             self.pair_source, config.seed, config.pool_pairs, self.image_size, self.progress
         )
-        bpe = train_bpe([*caption_vocabulary(), *pool.captions], config.vocab_size)
-        self.tokenizer = ClipTokenizer(bpe, config.context_length)
+        if initial is not None:
+            self.tokenizer = initial.tokenizer
+        else:
+            bpe = train_bpe([*caption_vocabulary(), *pool.captions], config.vocab_size)
+            self.tokenizer = ClipTokenizer(bpe, config.context_length)
         pool.tokens = self.tokenizer(pool.captions)
         self.pool = pool
+
+    def _initial(self) -> LoadedClip | None:
+        """The CLIP of ``config.init`` on the CPU (loaded once), checked to be the preset's
+        architecture; ``None`` when training from scratch."""
+        if self.config.init is None:
+            return None
+        if self._init is None:
+            from refseg.clip.load import load_clip
+
+            loaded = load_clip(self.config.init, device="cpu")
+            own = loaded.config
+            preset = preset_config(self.config.preset, own.text.vocab_size, own.text.context_length)
+            if (preset.vision, preset.text, preset.embed_dim) != (
+                own.vision,
+                own.text,
+                own.embed_dim,
+            ):
+                raise InputError(
+                    f"--init {self.config.init!r} is not a {self.config.preset} model: "
+                    f"vision {own.vision} vs {preset.vision}, text {own.text} vs {preset.text}"
+                )
+            self._init = loaded
+        return self._init
 
     def train_dataset(self) -> torch.utils.data.Dataset:
         self._prepare()
         return self.fresh if self.fresh is not None else _PoolRows(len(self.pool))
 
-    def build_model(self) -> CLIP:
+    def model_config(self) -> CLIPConfig:
+        """The architecture trained: the preset's, sized to the tokenizer (or the init's)."""
         self._prepare()
+        if self._init is not None:
+            return self._init.config
         config = self.config
-        return CLIP(preset_config(config.preset, self.tokenizer.vocab_size, config.context_length))
+        return preset_config(config.preset, self.tokenizer.vocab_size, config.context_length)
+
+    def build_model(self) -> CLIP:
+        if self._initial() is not None:
+            model = CLIP(self.model_config())
+            model.load_state_dict(self._init.model.state_dict())
+            return model
+        return CLIP(self.model_config())
 
     def collate(self, samples: list[int] | list[FreshSample]) -> ContrastiveBatch:
         if self.fresh is not None:
@@ -671,11 +730,11 @@ class ContrastiveTask(TaskBase):
         tokens = trim_tokens(torch.cat([batch.tokens, batch.negative_tokens]))
         text = model.encode_text(tokens, self.tokenizer.eot_id)
         text_features = gather_with_grad(text[:rows])
-        negative_features = gather_with_grad(text[rows:])
+        padded_negatives = gather_with_grad(text[rows:])
         valid = gather_with_grad(batch.negative_valid).bool()
         owner = torch.arange(image_features.shape[0], device=valid.device)
         owner = owner.repeat_interleave(self.config.negatives)[valid]
-        negative_features = negative_features[valid]
+        negative_features = padded_negatives[valid]
         ids = negative_ids = None
         if self.config.mask_duplicate_captions:
             ids = gather_with_grad(batch.caption_ids)
@@ -683,6 +742,11 @@ class ContrastiveTask(TaskBase):
         loss = negclip_loss(
             image_features, text_features, negative_features, model.logit_scale, ids, negative_ids
         )
+        if self.config.negative_weight:
+            focused = own_negatives_loss(
+                image_features, text_features, padded_negatives, valid, model.logit_scale
+            )
+            loss = loss + self.config.negative_weight * focused
         accuracy = hard_negative_accuracy(
             image_features.detach(), text_features.detach(), negative_features.detach(), owner
         )
@@ -749,10 +813,19 @@ class ContrastiveTask(TaskBase):
             "held_out_pairs": config.held_out_size,
             "crop_eval_scenes": config.crop_eval_scenes if self.evaluate_crops else 0,
             "config": config.to_dict(),
-            "model_config": preset_config(
-                config.preset, self.tokenizer.vocab_size, config.context_length
-            ).to_dict(),
+            "model_config": self.model_config().to_dict(),
+            **({"init": _init_record(self._init)} if self._init is not None else {}),
         }
+
+
+def _init_record(initial: LoadedClip) -> dict[str, Any]:
+    """What a run started from: the name and a SHA-256 of its weights (names, shapes, bytes),
+    so a later change of a packaged model under the same name shows."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(initial.model.state_dict().items()):
+        digest.update(f"{name}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().float().contiguous().numpy().tobytes())
+    return {"source": initial.name, "weights_sha256": digest.hexdigest()}
 
 
 @dataclass

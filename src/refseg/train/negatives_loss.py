@@ -97,3 +97,41 @@ def hard_negative_accuracy(
     positive = (image * F.normalize(text_features, dim=-1)[negative_owner]).sum(dim=-1)
     negative = (image * F.normalize(negative_features, dim=-1)).sum(dim=-1)
     return float((positive > negative).float().mean())
+
+
+def own_negatives_loss(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    negative_features: torch.Tensor,
+    valid: torch.Tensor,
+    logit_scale: torch.Tensor,
+) -> torch.Tensor:
+    """Focused hard-negative term: per image, cross-entropy over its own caption and its own
+    ``K`` negatives only, averaged over images that have at least one real negative
+    (0 when none has).
+
+    Args:
+        image_features, text_features: ``[B, D]``.
+        negative_features: ``[B * K, D]``, row-major: image ``i``'s are rows ``iK..iK+K-1``.
+        valid: ``bool [B * K]``, real negatives (padding is left out of the softmax).
+    """
+    batch = image_features.shape[0]
+    if negative_features.shape[0] % batch or valid.shape[0] != negative_features.shape[0]:
+        raise ValueError(
+            f"negatives must be [B * K, D] with a flag each; got {tuple(negative_features.shape)}"
+            f" for B={batch} and {tuple(valid.shape)} flags"
+        )
+    count = negative_features.shape[0] // batch
+    image = F.normalize(image_features, dim=-1)
+    positive = (image * F.normalize(text_features, dim=-1)).sum(dim=-1, keepdim=True)  # [B, 1]
+    negatives = F.normalize(negative_features, dim=-1).view(batch, count, -1)
+    negative = torch.einsum("bd,bkd->bk", image, negatives)  # [B, K]
+    logits = logit_scale.exp() * torch.cat([positive, negative], dim=1)
+    # mask after scaling: -inf times the scale would give the temperature a NaN gradient
+    padding = torch.cat([valid.new_zeros(batch, 1), ~valid.view(batch, count)], dim=1)
+    logits = logits.masked_fill(padding, float("-inf"))
+    rows = valid.view(batch, count).any(dim=1)
+    if not rows.any():
+        return positive.sum() * 0.0  # keeps the graph; logits hold -inf
+    target = torch.zeros(int(rows.sum()), dtype=torch.long, device=logits.device)
+    return F.cross_entropy(logits[rows], target)
