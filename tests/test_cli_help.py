@@ -45,6 +45,8 @@ def test_every_option_says_its_default_and_the_page_has_examples(words: str) -> 
     for action in parser._actions:
         if not action.option_strings or set(action.option_strings) & WITHOUT_DEFAULT:
             continue
+        if action.help == argparse.SUPPRESS:  # hidden (a deprecated alias): not on the page
+            continue
         if isinstance(action, argparse._StoreTrueAction) or action.required:
             continue
         text = formatter._expand_help(action) if action.help else ""

@@ -200,8 +200,8 @@ def test_options_are_checked_and_parsed():
 def test_init_starts_from_saved_weights_and_keeps_their_tokenizer(tmp_path):
     from refseg.clip.load import load_clip
 
-    first = train(negclip_task(steps=1), LoopConfig(out_dir=tmp_path / "a", steps=1,
-                  batch_size=8, threads=1, progress=False))
+    train(negclip_task(steps=1), LoopConfig(out_dir=tmp_path / "a", steps=1,
+          batch_size=8, threads=1, progress=False))
     saved = load_clip(tmp_path / "a", device="cpu")
     task = negclip_task(steps=1, init=str(tmp_path / "a"), negative_weight=1.0)
     model = task.build_model()

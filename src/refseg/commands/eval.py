@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from refseg.commands.dataset_options import add_dataset_arguments
 from refseg.commands.options import (
     add_model_options,
     apply_runtime_options,
@@ -51,11 +52,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 """,
     )
     data = parser.add_argument_group("data")
-    data.add_argument("--dataset", required=True, metavar="DIR", help="refer data root")
-    data.add_argument("--name", required=True, help="refcoco, refcoco+, refcocog, shapesref, ...")
+    add_dataset_arguments(data)
     data.add_argument("--split", required=True, help="val, testA, testB, test, ...")
-    data.add_argument("--split-by", help="refer split scheme (default: unc; umd for refcocog)")
-    data.add_argument("--images", metavar="DIR", help="image folder (default: found under root)")
     data.add_argument(
         "--limit", type=int, metavar="N", help="only the first N images (default: all)"
     )

@@ -10,6 +10,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
+from refseg.commands.dataset_options import add_dataset_arguments
 from refseg.commands.options import check_output_file
 from refseg.errors import DatasetError, InputError
 
@@ -32,28 +33,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
       --predictions pred.json --out metrics.json
 """,
     )
-    parser.add_argument(
-        "--dataset",
-        required=True,
-        metavar="DIR",
-        help="dataset root: the refer data folder, or the PhraseCut folder for --name phrasecut",
-    )
-    parser.add_argument(
-        "--name", required=True, help="refcoco, refcoco+, refcocog, shapesref, phrasecut, ..."
-    )
+    add_dataset_arguments(parser)
     parser.add_argument("--split", required=True, help="split to score, e.g. val, testA, test")
     parser.add_argument("--predictions", required=True, metavar="PRED.json")
     parser.add_argument(
         "--out", metavar="METRICS.json", help="also write the metrics as JSON (default: only print)"
-    )
-    parser.add_argument(
-        "--split-by", default=None, help="refer split scheme (default: unc; umd for refcocog)"
-    )
-    parser.add_argument(
-        "--images",
-        default=None,
-        metavar="DIR",
-        help="image folder (not needed for scoring; default: none)",
     )
     parser.set_defaults(func=run)
 

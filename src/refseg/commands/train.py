@@ -96,7 +96,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--init",
         metavar="CLIP",
         help="start from this CLIP (a name such as shapes-vit, or a saved directory) and keep "
-        "its tokenizer, instead of random weights; it must be the --preset's architecture",
+        "its tokenizer; it must be the --preset's architecture (default: random weights)",
     )
     clip.add_argument("--lr", type=float, help="peak learning rate (default: the preset's)")
     clip.add_argument(

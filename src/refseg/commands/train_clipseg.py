@@ -10,13 +10,14 @@ import argparse
 
 from refseg.clipseg.config import resolve_layers
 from refseg.clipseg.prompts import TEMPLATE_MODES
+from refseg.commands.dataset_options import add_dataset_arguments, resolve_dataset_arguments
 from refseg.errors import InputError
 from refseg.train.options import add_loop_arguments, loop_config_from_args
 
 EPILOG = """examples:
-  refseg train clipseg --data DATA --dataset shapesref --clip shapes-vit --clip-source shapes-vit \\
+  refseg train clipseg --dataset DATA --name shapesref --clip shapes-vit --clip-source shapes-vit \\
       --image-size 112 --extract-layers 1,3,4 --ffn-dim 256 --steps 600 --threads 1 --out runs/cs
-  refseg train clipseg --data PHRASECUT --dataset phrasecut --steps 50000 --out runs/pc
+  refseg train clipseg --dataset PHRASECUT --name phrasecut --steps 50000 --out runs/pc
 
 Defaults follow the official rd64-uni-refined recipe (PhraseCut+, ViT-B/16 at 352, blocks
 3,7,9, D=64, FFN 2048, AdamW 1e-3 cosine to 1e-4, batch 64, 20 % negatives, visual supports
@@ -43,17 +44,9 @@ def add_subparser(commands: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
     )
     data = parser.add_argument_group("data")
-    data.add_argument("--data", required=True, metavar="ROOT", help="dataset root")
-    data.add_argument("--dataset", default="shapesref", help="refer-layout name or phrasecut")
+    add_dataset_arguments(data, name_default="shapesref", legacy_data=True)
     data.add_argument("--split", default="train", help="training split (default: train)")
     data.add_argument("--val-split", default="val", help="validation split ('none': no val)")
-    data.add_argument("--split-by", default=None, help="refer split scheme (default: per dataset)")
-    data.add_argument(
-        "--images",
-        default=None,
-        metavar="DIR",
-        help="image directory (default: found under the root)",
-    )
     model = parser.add_argument_group("model")
     model.add_argument("--clip", default="ViT-B/16", help="frozen CLIP: name or path (a ViT)")
     model.add_argument(
@@ -104,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
     from refseg.clipseg.task import CLIPSegTask, CLIPSegTaskConfig
     from refseg.train.loop import train
 
+    resolve_dataset_arguments(args)
     if args.image_size <= 0:
         raise InputError(f"--image-size must be positive; got {args.image_size}")
     sample = SampleConfig(
@@ -116,8 +110,8 @@ def run(args: argparse.Namespace) -> int:
         variants=args.variants,
     )
     config = CLIPSegTaskConfig(
-        data_root=args.data,
-        dataset=args.dataset,
+        data_root=args.dataset,
+        dataset=args.name,
         split=args.split,
         val_split=None if args.val_split.lower() == "none" else args.val_split,
         split_by=args.split_by,

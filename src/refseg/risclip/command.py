@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from refseg.commands.dataset_options import add_dataset_arguments, resolve_dataset_arguments
 from refseg.risclip.config import PRESETS, preset
 
 
@@ -24,8 +25,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help="train RISCLIP (stage 1: adapters/CFE/SKE; stage 2: decoder) on a refer dataset",
         description=__doc__.splitlines()[0].replace("``", ""),
         epilog="""examples:
-  refseg train risclip --stage 1 --preset shapes --data data --name shapesref --out runs/r1
-  refseg train risclip --stage 2 --preset shapes --data data --name shapesref \\
+  refseg train risclip --stage 1 --preset shapes --dataset data --name shapesref --out runs/r1
+  refseg train risclip --stage 2 --preset shapes --dataset data --name shapesref \\
       --init runs/r1 --out runs/r2
 """,
     )
@@ -33,10 +34,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--preset", choices=sorted(PRESETS), default="vit-b16-refcoco", help="model and training"
     )
-    parser.add_argument("--data", required=True, type=Path, help="dataset root (refer layout)")
-    parser.add_argument("--name", required=True, help="dataset folder: refcoco, shapesref, ...")
-    parser.add_argument("--split-by", help="refer split (default: the dataset's usual one)")
-    parser.add_argument("--images", type=Path, help="image folder (default: found under the root)")
+    add_dataset_arguments(parser, legacy_data=True)
     parser.add_argument(
         "--init", type=Path, help="stage 2: the stage-1 output directory (default: none)"
     )
@@ -61,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
     from refseg.train.loop import train
     from refseg.train.options import loop_config_from_args
 
+    resolve_dataset_arguments(args)
     overrides = {
         "use_adapters": not args.no_adapters,
         "use_cfe": not args.no_cfe,
@@ -75,10 +74,10 @@ def run(args: argparse.Namespace) -> int:
         RisclipTaskConfig(
             stage=args.stage,
             model=model,
-            data_root=args.data,
+            data_root=Path(args.dataset),
             dataset=args.name,
             split_by=args.split_by,
-            image_dir=args.images,
+            image_dir=Path(args.images) if args.images else None,
             init=args.init,
             val_limit=args.val_limit,
         )
