@@ -20,7 +20,7 @@ from refseg.errors import InputError
 from refseg.masks import iou
 from refseg.risclip import Risclip, RisclipConfig, cfe_pairs, preset
 from refseg.risclip.io import load_risclip, read_risclip
-from refseg.risclip.losses import dice_loss, focal_loss
+from refseg.risclip.losses import dice_loss, focal_loss, risclip_loss
 from refseg.risclip.task import RisclipTask, RisclipTaskConfig
 
 TINY = RisclipConfig(
@@ -212,6 +212,38 @@ def test_stage2_changes_only_the_decoder(small_clip, shapes_root, tmp_path):
         assert torch.equal(loaded(pixels, tokens).mask_logits, model(pixels, tokens).mask_logits)
 
 
+def test_stage2_memo_changes_no_number(small_clip, shapes_root, tmp_path):
+    stage1 = _task(1, small_clip, shapes_root)
+    model1 = stage1.build_model()
+    with torch.no_grad():  # a "trained" stage 1: non-zero adapters and CFE
+        for block in model1.image_blocks:
+            block.attn_adapter.up.weight.normal_(0, 0.1)
+        for cfe in model1.cfe:
+            for p in cfe.parameters():
+                p.normal_(0, 0.05)
+    stage1.save_artifact(model1, tmp_path / "stage1")
+    cached = _task(2, small_clip, shapes_root, init=tmp_path / "stage1")
+    model = cached.build_model()
+    data = cached.train_dataset()
+    batch = cached.collate([data[i] for i in range(min(4, len(data)))])
+    first, _ = cached.loss(model, batch)  # computes and memoises
+    assert len(cached._frozen_cache) == batch["mask"].shape[0]
+    again, _ = cached.loss(model, batch)  # from the memo
+    assert torch.equal(first, again)
+    # the same loss as the whole model's forward, and as a task that memoises nothing
+    plain = dataclasses.replace(cached.config, feature_cache_mb=0)
+    uncached = RisclipTask(plain, clip=small_clip)
+    assert torch.equal(uncached.loss(model, batch)[0], first) and not uncached._frozen_cache
+    full = model(batch["pixels"], batch["tokens"]).mask_logits
+    cfg = cached.model_config
+    expected, _ = risclip_loss(full, batch["mask"], alpha=cfg.focal_alpha, gamma=cfg.focal_gamma,
+                               focal_weight=cfg.focal_weight, smooth=cfg.dice_smooth)
+    assert torch.allclose(first, expected, rtol=1e-6, atol=1e-7)
+    # gradients reach the decoder only, through the memoised features
+    first.backward()
+    assert all(p.grad is not None for p in model.decoder.parameters())
+
+
 def test_stage2_needs_a_stage1_checkpoint(small_clip, shapes_root):
     with pytest.raises(InputError, match="--init"):
         _task(2, small_clip, shapes_root)
@@ -223,6 +255,10 @@ def test_overfits_one_image_expression_pair(small_clip):
     model = Risclip(small_clip.model, config, small_clip.tokenizer.eot_id)
     task = RisclipTask.__new__(RisclipTask)  # only the loss/optimizer parts are used here
     task.model_config, task.stage = config, 1
+    task.config = dataclasses.replace(  # no memo: the stage-1 parts change before stage 2
+        RisclipTaskConfig(stage=1, model=config, data_root=".", dataset="x"), feature_cache_mb=0
+    )
+    task._frozen_cache, task._frozen_bytes = {}, 0
     mask = torch.zeros(1, 64, 64)
     yy, xx = torch.meshgrid(torch.arange(64), torch.arange(64), indexing="ij")
     mask[0] = (((yy - 25) ** 2 + (xx - 38) ** 2) < 15**2).float()  # a disc off the patch grid
@@ -230,6 +266,7 @@ def test_overfits_one_image_expression_pair(small_clip):
         "pixels": torch.randn(1, 3, 64, 64),
         "tokens": small_clip.tokenize(["the red circle"]),
         "mask": mask,
+        "sent_id": torch.tensor([0]),
     }
     model.set_stage(1)
     _train(task, model, 30, batch)

@@ -43,7 +43,17 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "--epochs", type=float, help="epochs when --steps is not given (default: the preset's)"
     )
     parser.add_argument("--lr", type=float, help="AdamW learning rate (default: the preset's)")
-    parser.add_argument("--val-limit", type=int, default=500, help="val expressions scored")
+    parser.add_argument(
+        "--val-limit", type=int, default=500, help="val expressions scored (default: 500)"
+    )
+    parser.add_argument(
+        "--feature-cache-mb",
+        type=int,
+        default=2048,
+        metavar="MB",
+        help="stage 2: memory for the frozen stage-1 outputs, memoised per expression "
+        "(0: none; default: 2048)",
+    )
     for part in ("adapters", "cfe", "ske"):
         parser.add_argument(f"--no-{part}", action="store_true", help=f"ablation: no {part}")
     add_loop_arguments(
@@ -80,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
             image_dir=Path(args.images) if args.images else None,
             init=args.init,
             val_limit=args.val_limit,
+            feature_cache_mb=args.feature_cache_mb,
         )
     )
     batch_size = args.batch_size or model.batch_size

@@ -4,6 +4,12 @@ Stage 1 (patch level) trains adapters, CFE, SKE and the grounding head against t
 area-pooled to the patch grid; stage 2 (pixel level) trains the decoder alone against the
 full mask, starting from a stage-1 checkpoint whose parts stay frozen. Both: DICE + focal.
 The task never touches devices or ``torch.distributed``; the loop does.
+
+In stage 2 everything before the decoder is frozen and deterministic (no dropout; CLIP and
+the stage-1 parts hold no batch statistics), so its outputs (grounding logits and decoder
+taps) are pure functions of the expression: the task memoises them per expression
+(``feature_cache_mb``) and after the first epoch a step costs only the decoder. The cache
+changes no number, only the time (``tests/test_risclip_task.py`` checks equal losses).
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ class RisclipTaskConfig:
     image_dir: Path | None = None
     init: Path | None = None
     val_limit: int | None = 500
+    feature_cache_mb: int = 2048  # stage 2: memoised frozen outputs (0: none)
 
     def __post_init__(self) -> None:
         if self.stage not in (1, 2):
@@ -86,6 +93,8 @@ class RisclipTask(TaskBase):
             )
         self.model_config = model_config
         self._clip = clip
+        self._frozen_cache: dict[int, tuple[torch.Tensor, ...]] = {}
+        self._frozen_bytes = 0
 
     @cached_property
     def clip(self) -> LoadedClip:
@@ -125,13 +134,14 @@ class RisclipTask(TaskBase):
     def loss(
         self, model: nn.Module, batch: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        out = model(batch["pixels"], batch["tokens"])
         mask = batch["mask"]
         if self.stage == 1:
-            logits = out.patch_logits
+            logits = model(batch["pixels"], batch["tokens"]).patch_logits
             target = F.adaptive_avg_pool2d(mask[:, None], logits.shape[-2:])[:, 0]
         else:
-            logits, target = out.mask_logits, mask
+            patch_logits, taps = self._frozen_outputs(model, batch)
+            logits = model.decoder(taps, patch_logits, tuple(mask.shape[-2:]))
+            target = mask
         cfg = self.model_config
         return risclip_loss(
             logits,
@@ -141,6 +151,32 @@ class RisclipTask(TaskBase):
             focal_weight=cfg.focal_weight,
             smooth=cfg.dice_smooth,
         )
+
+    def _frozen_outputs(
+        self, model: Risclip, batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Stage 2: grounding logits and decoder taps of the frozen stage-1 model, memoised
+        per expression (``sent_id``) within ``feature_cache_mb``."""
+        keys = [int(k) for k in batch["sent_id"]]
+        missing = [i for i, k in enumerate(keys) if k not in self._frozen_cache]
+        fresh: dict[int, tuple[torch.Tensor, ...]] = {}
+        if missing:
+            rows = torch.tensor(missing)
+            with torch.no_grad():
+                patch_logits, taps = model.forward_patches(
+                    batch["pixels"][rows], batch["tokens"][rows]
+                )
+            for j, i in enumerate(missing):
+                fresh[keys[i]] = (patch_logits[j], *(t[j] for t in taps))
+        budget = self.config.feature_cache_mb * 2**20
+        for key, tensors in fresh.items():
+            size = sum(t.numel() * t.element_size() for t in tensors)
+            if self._frozen_bytes + size <= budget:
+                self._frozen_cache[key] = tuple(t.clone() for t in tensors)
+                self._frozen_bytes += size
+        table = {**self._frozen_cache, **fresh}
+        stacked = [torch.stack([table[k][d] for k in keys]) for d in range(5)]
+        return stacked[0], stacked[1:]
 
     def optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         params = [p for p in model.parameters() if p.requires_grad]
