@@ -212,6 +212,25 @@ def test_stage2_changes_only_the_decoder(small_clip, shapes_root, tmp_path):
         assert torch.equal(loaded(pixels, tokens).mask_logits, model(pixels, tokens).mask_logits)
 
 
+def test_untrained_residual_decoder_predicts_what_stage1_predicts(small_clip):
+    torch.manual_seed(0)
+    pixels, tokens = torch.randn(2, 3, 32, 32), _texts(small_clip)
+    stage1 = Risclip(small_clip.model, TINY.ablated(use_decoder=False), small_clip.tokenizer.eot_id)
+    with torch.no_grad():  # a "trained" stage 1
+        for block in stage1.image_blocks:
+            block.attn_adapter.up.weight.normal_(0, 0.1)
+    full = Risclip(small_clip.model, TINY, small_clip.tokenizer.eot_id)
+    full.load_state_dict(stage1.state_dict(), strict=False)
+    full.eval()
+    with torch.no_grad():
+        expected = stage1(pixels, tokens).mask_logits
+        assert torch.equal(full(pixels, tokens).mask_logits, expected)
+        plain = Risclip(small_clip.model, TINY.ablated(decoder_residual=False),
+                        small_clip.tokenizer.eot_id)
+        plain.load_state_dict(stage1.state_dict(), strict=False)
+        assert not torch.allclose(plain.eval()(pixels, tokens).mask_logits, expected)
+
+
 def test_stage2_memo_changes_no_number(small_clip, shapes_root, tmp_path):
     stage1 = _task(1, small_clip, shapes_root)
     model1 = stage1.build_model()
@@ -272,7 +291,7 @@ def test_overfits_one_image_expression_pair(small_clip):
     _train(task, model, 30, batch)
     model.set_stage(2)
     task.stage = 2
-    losses = _train(task, model, 90, batch)
+    losses = _train(task, model, 150, batch)
     model.eval()
     with torch.no_grad():
         pred = torch.sigmoid(model(batch["pixels"], batch["tokens"]).mask_logits)[0] > 0.5

@@ -44,6 +44,11 @@ class RisclipConfig:
     use_decoder: bool = True
     decoder_taps: tuple[int, int, int, int] | None = None
     decoder_widths: tuple[int, int, int, int] = (256, 256, 256, 256)  # D_4, D_3, D_2, D_1
+    # [D] The decoder's logits are added to the upsampled stage-1 grounding logits and its
+    # head starts at zero, so an untrained decoder predicts exactly what stage 1 does and
+    # stage 2 can only start from there (without it, a randomly initialised decoder first has
+    # to relearn the map from one of its input channels: see benchmarks/shapesref.md).
+    decoder_residual: bool = True
     threshold: float = 0.5  # mask = sigmoid(logit) > threshold
     # Loss [D]: dice + focal_weight * focal(alpha, gamma), both stages.
     focal_alpha: float = 0.25

@@ -3,7 +3,8 @@
 Four stages, each ``{3x3 conv -> ReLU -> BN} x 2`` then x2 upsampling (paper, "Decoder"):
 ``d_4 = D_4([v_4; map_patch])``, ``d_i = D_i([d_{i+1}; u(v_i)])`` for i = 3, 2, 1, where
 ``v_i`` are intermediate image features (ViT tokens on the patch grid, 1x1-projected [D])
-and ``u`` upsamples them to ``d_{i+1}``'s size. A 1x1 conv gives one logit per pixel [D].
+and ``u`` upsamples them to ``d_{i+1}``'s size. A 1x1 conv gives one logit per pixel [D]; with ``residual`` [D] it is added to the upsampled
+``map_patch`` and starts at zero, so the untrained decoder predicts what stage 1 predicts.
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ def decoder_stage(in_channels: int, out_channels: int) -> nn.Sequential:
 class LavtDecoder(nn.Module):
     """Decoder over four feature maps ``v_1..v_4`` (width ``feature_width``) and the map."""
 
-    def __init__(self, feature_width: int, widths: Sequence[int]) -> None:
+    def __init__(self, feature_width: int, widths: Sequence[int], residual: bool = False) -> None:
         super().__init__()
+        self.residual = residual
         d4, d3, d2, d1 = (int(w) for w in widths)
         self.lateral = nn.ModuleList(nn.Conv2d(feature_width, w, 1) for w in (d3, d2, d1, d4))
         self.stages = nn.ModuleList(
@@ -44,6 +46,9 @@ class LavtDecoder(nn.Module):
             ]
         )
         self.head = nn.Conv2d(d1, 1, 1)
+        if residual:  # start as the upsampled map
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
 
     def forward(
         self, features: Sequence[torch.Tensor], patch_logits: torch.Tensor, size: tuple[int, int]
@@ -67,4 +72,8 @@ class LavtDecoder(nn.Module):
         logits = self.head(d)
         if tuple(logits.shape[-2:]) != tuple(size):
             logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        if self.residual:
+            logits = logits + F.interpolate(
+                patch_logits[:, None], size=size, mode="bilinear", align_corners=False
+            )
         return logits[:, 0]

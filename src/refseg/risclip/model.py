@@ -92,7 +92,11 @@ class Risclip(nn.Module):
         )
         self.grounding = GroundingHead(float(clip.logit_scale.detach().exp()))
         self.taps = config.taps(len(self.image_blocks))
-        self.decoder = LavtDecoder(width_v, config.decoder_widths) if config.use_decoder else None
+        self.decoder = (
+            LavtDecoder(width_v, config.decoder_widths, config.decoder_residual)
+            if config.use_decoder
+            else None
+        )
 
     # ------------------------------------------------------------------ parameter groups
 

@@ -87,6 +87,7 @@ class RisclipTask(TaskBase):
                 use_decoder=True if self.stage == 2 else init_config.use_decoder,
                 decoder_taps=config.model.decoder_taps,
                 decoder_widths=config.model.decoder_widths,
+                decoder_residual=config.model.decoder_residual,
                 lr=config.model.lr,
                 batch_size=config.model.batch_size,
                 epochs_stage2=config.model.epochs_stage2,
