@@ -11,6 +11,7 @@ import os
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -58,3 +59,18 @@ def alternate(
 
 def median(values: list[float]) -> float:
     return statistics.median(values)
+
+
+def splice_section(path: Path, name: str, text: str) -> None:
+    """Write ``text`` into ``path`` between ``<!-- name:start -->`` and ``<!-- name:end -->``,
+    replacing what was there (appended with the markers when absent), so scripts that own
+    different sections of one results file do not overwrite each other."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    block = f"{start}\n{text.rstrip()}\n{end}"
+    old = path.read_text() if path.is_file() else ""
+    if start in old and end in old:
+        head, rest = old.split(start, 1)
+        new = head + block + rest.split(end, 1)[1]
+    else:
+        new = old.rstrip() + ("\n\n" if old.strip() else "") + block + "\n"
+    path.write_text(new)

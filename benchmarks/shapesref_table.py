@@ -8,8 +8,14 @@ Steps (all with refseg's own commands, so the table is what a user gets):
 3. ``refseg eval`` runs each method on the **test** split with GT and superpixel proposals.
 4. Top-1 instance accuracy is computed from the predictions: the predicted mask's
    best-matching ground-truth instance (highest IoU) is the referent.
+5. ``--dense``: the dense systems on the same test split, beside global-local: CLIPSeg
+   (``clipseg-shapes``) with text prompts and one-shot visual prompts
+   (``clipseg_shapesref.py``), and RISCLIP (``risclip-shapes``), with P@X.
 
-    python benchmarks/shapesref_table.py [--work /tmp/shapesref-bench] [--quick]
+Each part is a marked section of the output file (``bench_utils.splice_section``), so
+``--dense`` alone, or ``risclip_shapes.py``'s ablation, rewrites only its own section.
+
+    python benchmarks/shapesref_table.py [--work /tmp/shapesref-bench] [--quick] [--dense]
 """
 
 from __future__ import annotations
@@ -22,8 +28,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+from bench_utils import splice_section
+from clipseg_shapesref import evaluate as clipseg_prompts
 
 from refseg.cli import main as refseg
+from refseg.clipseg import load_clipseg
 from refseg.data import ReferDataset
 from refseg.eval.predictions import read_predictions
 from refseg.masks import decode_rle, iou
@@ -63,6 +72,15 @@ def eval_args(work: Path, split: str, clip: str, proposals: str, run: Path) -> l
         "eval", "--dataset", str(work), "--name", "shapesref", "--split", split,
         "--clip", clip, "--proposals", proposals, "--pixels", PIXELS, "--out", str(run),
         "--no-progress",
+    ]  # fmt: skip
+
+
+def dense_eval_args(work: Path, system: str, run: Path) -> list[str]:
+    """``refseg eval --system`` arguments for a dense system on the test split, with the
+    shipped model and its own threshold (chosen on val when it was trained)."""
+    return [
+        "eval", "--dataset", str(work), "--name", "shapesref", "--split", "test",
+        "--system", system, "--out", str(run), "--no-progress",
     ]  # fmt: skip
 
 
@@ -111,6 +129,80 @@ def evaluate(work: Path, clip: str, proposals: str, method: str, alpha: float | 
     return {"metrics": metrics, "accuracy": accuracy, "seconds": time.perf_counter() - start}
 
 
+def evaluate_dense(work: Path, system: str) -> dict:
+    run = work / "runs" / f"dense-{system}"
+    start = time.perf_counter()
+    run_quiet(dense_eval_args(work, system, run))
+    metrics = json.loads((run / "metrics.json").read_text())
+    accuracy = instance_accuracy(work, read_predictions(run / "predictions.json"))
+    return {"metrics": metrics, "accuracy": accuracy, "seconds": time.perf_counter() - start}
+
+
+PRECISIONS = ("0.5", "0.7", "0.9")
+
+
+def dense_table(rows: list[tuple[str, dict]]) -> list[str]:
+    """mIoU, oIoU, acc, P@X and per-kind mIoU for dense and reference rows."""
+    head = (
+        "| system | mIoU | oIoU | acc | "
+        + " | ".join(f"P@{p}" for p in PRECISIONS)
+        + " | "
+        + " | ".join(f"{k} mIoU" for k in KINDS)
+        + " |"
+    )
+    lines = [head, "|---|" + "---:|" * (3 + len(PRECISIONS) + len(KINDS))]
+    for label, result in rows:
+        m, acc = result["metrics"], result.get("accuracy")
+        cells = [f"{m['mIoU']:.1f}", f"{m['oIoU']:.1f}", f"{acc['all']:.1f}" if acc else "–"]
+        cells += [f"{m[f'precision@{p}']:.1f}" for p in PRECISIONS]
+        groups = m.get("groups", {})
+        cells += [f"{groups[k]['mIoU']:.1f}" if k in groups else "–" for k in KINDS]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def dense_section(work: Path, test: ReferDataset) -> list[str]:
+    """The dense systems beside global-local (GT and superpixel proposals) on the test split."""
+    alpha = choose_alpha(work, "shapes-vit")
+    rows = []
+    for proposals in ("gt", "superpixel"):
+        label = f"global-local@val (alpha {alpha:g}), shapes-vit, {proposals} proposals"
+        rows.append((label, evaluate(work, "shapes-vit", proposals, "global-local", alpha)))
+    clipseg = load_clipseg("clipseg-shapes", device="cpu")
+    threshold = clipseg.config.threshold
+    text = evaluate_dense(work, "clipseg")
+    rows.append((f"CLIPSeg, text prompt (clipseg-shapes, p > {threshold:g})", text))
+    dataset = ReferDataset(work, "shapesref", "test")
+    visual = clipseg_prompts(clipseg, dataset, visual=True)
+    rows.append(
+        (
+            f"CLIPSeg, one-shot visual prompt ({visual['n_expressions']} expressions whose "
+            "text occurs on another test image)",
+            {"metrics": visual},
+        )
+    )
+    control = clipseg_prompts(clipseg, dataset, visual=False, control=True)
+    rows.append(("control: CLIPSeg given another object's expression", {"metrics": control}))
+    risclip = evaluate_dense(work, "risclip")
+    rows.append(("RISCLIP (risclip-shapes)", risclip))
+    for label, result in rows:
+        print(f"dense: {label}: mIoU {result['metrics']['mIoU']:.1f}", flush=True)
+    return [
+        "## Dense systems (no proposals) beside global-local",
+        "",
+        f"Same test split ({len(test)} images, {test.num_expressions} expressions), generated "
+        "by `python benchmarks/shapesref_table.py --dense`. The dense systems run the shipped "
+        "models at their own thresholds (chosen on val when trained); `refseg eval --system "
+        "clipseg|risclip` for text, `benchmarks/clipseg_shapesref.py` for the one-shot visual "
+        "prompts (the support is another test image whose referent has the same expression) "
+        "and the control. P@X = share of expressions with IoU >= X. A dense system has no "
+        "proposals to pick from, so compare it with the superpixel row; the GT row picks "
+        "among perfect masks.",
+        "",
+        *dense_table(rows),
+    ]
+
+
 def table(rows: list[tuple[str, dict]]) -> list[str]:
     head = "| method | mIoU | oIoU | acc | " + " | ".join(f"{k} mIoU / acc" for k in KINDS) + " |"
     lines = [head, "|---|" + "---:|" * (3 + len(KINDS))]
@@ -132,6 +224,9 @@ def main() -> None:
     parser.add_argument("--out", default=str(Path(__file__).with_name("shapesref.md")))
     parser.add_argument("--clips", nargs="+", default=["shapes-vit", "shapes-rn"])
     parser.add_argument("--quick", action="store_true", help="GT proposals, shapes-vit only")
+    parser.add_argument(
+        "--dense", action="store_true", help="only the dense systems' section (CLIPSeg, RISCLIP)"
+    )
     args = parser.parse_args()
     work = Path(args.work)
     if not (work / "shapesref" / "instances.json").is_file():
@@ -139,9 +234,12 @@ def main() -> None:
             ["data", "shapes", str(work), "--seed", str(SEED), "--images", str(IMAGES), "--quiet"]
         )
     test = ReferDataset(work, "shapesref", "test")
+    out = Path(args.out)
+    if args.dense:
+        splice_section(out, "dense", "\n".join(dense_section(work, test)))
+        print(f"wrote the dense section of {out}")
+        return
     lines = [
-        "# ShapesRef benchmark",
-        "",
         f"Generated by `python benchmarks/shapesref_table.py` (dataset: `refseg data shapes "
         f"--seed {SEED} --images {IMAGES}`; test split: {len(test)} images, "
         f"{test.num_expressions} expressions). mIoU / oIoU in %, **acc** = top-1 instance "
@@ -169,8 +267,10 @@ def main() -> None:
                     flush=True,
                 )
             lines += [f"## {clip}, {proposals} proposals", "", *table(rows), ""]
-    Path(args.out).write_text("\n".join(lines) + "\n")
-    print(f"wrote {args.out}")
+    if not out.is_file():
+        out.write_text("# ShapesRef benchmark\n")
+    splice_section(out, "proposals", "\n".join(lines))
+    print(f"wrote the proposal tables of {out}")
 
 
 if __name__ == "__main__":
