@@ -19,6 +19,7 @@ from refseg.data.shapes import ShapesConfig, write_shapesref
 from refseg.errors import InputError
 from refseg.masks import iou
 from refseg.risclip import Risclip, RisclipConfig, cfe_pairs, preset
+from refseg.risclip.evaluate import THRESHOLDS
 from refseg.risclip.io import load_risclip, read_risclip
 from refseg.risclip.losses import dice_loss, focal_loss, risclip_loss
 from refseg.risclip.task import RisclipTask, RisclipTaskConfig
@@ -180,7 +181,10 @@ def test_stage1_trains_its_parts_and_leaves_clip_bit_identical(small_clip, shape
     task.save_artifact(model, tmp_path / "stage1")
     config, stage, _ = read_risclip(tmp_path / "stage1")
     assert stage == 1 and not config.use_decoder
-    assert set(task.evaluate(model)) == {"mIoU", "oIoU"}
+    scores = task.evaluate(model)
+    assert {"mIoU", "oIoU", "miou@0.5", "oiou@0.02"} <= set(scores)
+    # the model's own threshold: the one saving chose on val
+    assert scores["mIoU"] == scores[f"miou@{model.config.threshold}"]
 
 
 def test_stage2_changes_only_the_decoder(small_clip, shapes_root, tmp_path):
@@ -319,7 +323,10 @@ def test_dense_system_serves_a_checkpoint(small_clip, shapes_root, tmp_path):
         logits = model.eval()(pixels, small_clip.tokenize(["the red circle"])).mask_logits
         expected = torch.sigmoid(F.interpolate(logits[:, None], size=(40, 48), mode="bilinear"))
     np.testing.assert_allclose(result.probability, expected[0, 0].numpy(), atol=1e-5)
-    assert np.array_equal(result.mask, result.probability > 0.5)
+    saved, _, _ = read_risclip(tmp_path / "ckpt")
+    val = {t: task._last_scores[f"miou@{t}"] for t in THRESHOLDS}
+    assert val[saved.threshold] == max(val.values())  # the default threshold is val's best
+    assert np.array_equal(result.mask, result.probability > saved.threshold)
     assert system.describe()["use_decoder"] is False
 
 

@@ -3,8 +3,9 @@
 Four stages, each ``{3x3 conv -> ReLU -> BN} x 2`` then x2 upsampling (paper, "Decoder"):
 ``d_4 = D_4([v_4; map_patch])``, ``d_i = D_i([d_{i+1}; u(v_i)])`` for i = 3, 2, 1, where
 ``v_i`` are intermediate image features (ViT tokens on the patch grid, 1x1-projected [D])
-and ``u`` upsamples them to ``d_{i+1}``'s size. A 1x1 conv gives one logit per pixel [D]; with ``residual`` [D] it is added to the upsampled
-``map_patch`` and starts at zero, so the untrained decoder predicts what stage 1 predicts.
+and ``u`` upsamples them to ``d_{i+1}``'s size. A 1x1 conv gives one logit per pixel [D];
+with ``residual`` [D] it is added to the upsampled ``map_patch`` and starts at zero, so the
+untrained decoder predicts what stage 1 predicts.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import numpy as np
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 
@@ -24,6 +25,11 @@ def predict_probabilities(
     return torch.sigmoid(logits.float())
 
 
+# Probability thresholds swept on val to choose a model's own (stage-1 maps stay low: the
+# patch targets are area fractions, mostly below 0.5).
+THRESHOLDS: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+
+
 def evaluate_samples(
     model: Risclip, samples: ExpressionSamples, batch_size: int = 16
 ) -> MetricsResult:
@@ -32,9 +38,20 @@ def evaluate_samples(
     Each prediction is resized to its image's size and thresholded at the config's
     threshold; the target is the dataset's mask at full resolution.
     """
+    threshold = model.config.threshold
+    return evaluate_thresholds(model, samples, (threshold,), batch_size)[threshold]
+
+
+def evaluate_thresholds(
+    model: Risclip,
+    samples: ExpressionSamples,
+    thresholds: Sequence[float],
+    batch_size: int = 16,
+) -> dict[float, MetricsResult]:
+    """:func:`evaluate_samples` at several probability thresholds, in one pass."""
     was_training = model.training
     model.eval()
-    metrics = MetricsAccumulator()
+    metrics = {t: MetricsAccumulator() for t in thresholds}
     by_image: dict[int, list[int]] = {}
     for index, (image_index, _, _) in enumerate(samples.items):
         by_image.setdefault(image_index, []).append(index)
@@ -46,12 +63,13 @@ def evaluate_samples(
                 tokens = torch.stack([samples[i]["tokens"] for i in chunk])
                 pixels = samples.pixels(image_index).expand(len(chunk), -1, -1, -1)
                 probs = predict_probabilities(model, pixels, tokens, (image.height, image.width))
-                masks = (probs > model.config.threshold).cpu().numpy()
-                for i, mask in zip(chunk, masks, strict=True):
+                probs = probs.cpu().numpy()
+                for i, prob in zip(chunk, probs, strict=True):
                     _, r, s = samples.items[i]
                     referent = image.referents[r]
                     kind = referent.sentences[s].kind
-                    metrics.add(np.asarray(mask), referent.mask, groups=kind or ())
+                    for t, accumulator in metrics.items():
+                        accumulator.add(prob > t, referent.mask, groups=kind or ())
     finally:
         model.train(was_training)
-    return metrics.result()
+    return {t: accumulator.result() for t, accumulator in metrics.items()}

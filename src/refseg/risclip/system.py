@@ -2,7 +2,8 @@
 
 The image is squashed to the model's input size once per image (the cached image state);
 each query runs the whole network, since CFE makes the image features depend on the text.
-The default threshold is the config's (0.5 on the sigmoid, as trained).
+The default threshold is the checkpoint's: the probability of best val mIoU, chosen when it
+was trained (``RisclipTask.save_artifact``); 0.5 for checkpoints saved without a val split.
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ from refseg.data import ImageDataset, open_dataset
 from refseg.errors import InputError
 from refseg.risclip.config import RisclipConfig
 from refseg.risclip.data import ExpressionSamples, collate
-from refseg.risclip.evaluate import evaluate_samples
+from refseg.risclip.evaluate import THRESHOLDS, evaluate_thresholds
 from refseg.risclip.io import load_state, read_risclip, save_risclip
 from refseg.risclip.losses import risclip_loss
 from refseg.risclip.model import Risclip
@@ -94,6 +94,7 @@ class RisclipTask(TaskBase):
             )
         self.model_config = model_config
         self._clip = clip
+        self._last_scores: dict[str, float] | None = None
         self._frozen_cache: dict[int, tuple[torch.Tensor, ...]] = {}
         self._frozen_bytes = 0
 
@@ -193,14 +194,29 @@ class RisclipTask(TaskBase):
         )
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:
+        """Val mIoU / oIoU at the model's threshold (the best checkpoint's measure) and
+        ``miou@t`` / ``oiou@t`` at every threshold of :data:`THRESHOLDS`."""
         if self.config.val_split is None:
             return {}
+        model = getattr(model, "module", model)
+        own = model.config.threshold
         samples = self._samples(self.config.val_split, self.config.val_limit)
-        result = evaluate_samples(getattr(model, "module", model), samples)
-        return {"mIoU": result.miou, "oIoU": result.oiou}
+        results = evaluate_thresholds(model, samples, sorted({*THRESHOLDS, own}))
+        scores = {"mIoU": results[own].miou, "oIoU": results[own].oiou}
+        for t in THRESHOLDS:
+            scores[f"miou@{t}"], scores[f"oiou@{t}"] = results[t].miou, results[t].oiou
+        self._last_scores = scores
+        return scores
 
     def save_artifact(self, model: nn.Module, out_dir: Path) -> None:
-        save_risclip(getattr(model, "module", model), out_dir, self.stage)
+        """Write the trained parts with the threshold of best val mIoU (if a val split), so
+        the shipped model's default mask threshold is chosen on val."""
+        model = getattr(model, "module", model)
+        if self.config.val_split is not None:
+            scores = self._last_scores or self.evaluate(model)
+            best = max(THRESHOLDS, key=lambda t: (scores[f"miou@{t}"], -abs(t - 0.5)))
+            model.config = dataclasses.replace(model.config, threshold=best)
+        save_risclip(model, out_dir, self.stage)
 
     def record(self) -> dict[str, Any]:
         config = dataclasses.asdict(self.config)
