@@ -31,6 +31,7 @@ import torch
 from tokenizers import Tokenizer, pre_tokenizers, trainers
 from tokenizers.models import BPE
 
+from refseg import runtime
 from refseg.clip import CLIP, CLIPConfig, ClipTokenizer, TextConfig, VisionConfig, save_clip
 from refseg.clip.config import PreprocessConfig
 from refseg.clip.tokenizer import (
@@ -48,6 +49,15 @@ from refseg.data.shapes import Scene, ShapeObject
 torch.set_num_threads(1)
 # Measured runtime settings (refseg.runtime) go to a throw-away cache, not the user's home.
 os.environ.setdefault("REFSEG_CACHE_DIR", tempfile.mkdtemp(prefix="refseg-test-cache-"))
+
+
+@pytest.fixture(autouse=True)
+def auto_backend_is_torch(monkeypatch):
+    """``backend="auto"`` (the default) runs torch, as where ONNX Runtime is not installed
+    (CI), so the suite computes the same numbers everywhere and exports nothing; the tests of
+    auto's choice patch ``runtime.onnx_installed`` back."""
+    monkeypatch.setattr(runtime, "onnx_installed", lambda: False)
+
 
 TINY_CONTEXT = 16
 _CORPUS = [

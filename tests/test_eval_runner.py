@@ -245,7 +245,8 @@ def test_resume_with_another_precision_is_refused(tmp_path, data_root, tiny_clip
     error = capsys.readouterr().err
     assert "another configuration" in error and "precision: 'fp32' there, 'bf16' now" in error
     settings = json.loads((tmp_path / "r" / "config.json").read_text())["settings"]
-    assert (settings["precision"], settings["backend"]) == ("fp32", "torch")
+    # auto (the default) chose torch for both towers: ONNX Runtime counts as not installed here
+    assert (settings["precision"], settings["backend"]) == ("fp32", "auto: torch")
 
 
 # -------------------------------------------------------------------- resume (library)

@@ -182,20 +182,56 @@ class _nothing:
 
 
 @pytest.mark.slow
-def test_onnx_backend_equals_eager_scores_and_caches_the_graph(loaded, monkeypatch, tmp_path):
-    pytest.importorskip("onnxruntime")
-    pytest.importorskip("onnxscript")
+def test_onnx_backend_equals_eager_scores_and_caches_the_graphs(loaded, monkeypatch, tmp_path):
+    pytest.importorskip("onnxruntime", reason="the onnx extra is optional (not in CI)")
+    pytest.importorskip("onnxscript", reason="the onnx extra is optional (not in CI)")
     from refseg.clip import onnx_backend
 
     monkeypatch.setenv("REFSEG_CACHE_DIR", str(tmp_path))
-    eager = _scores(loaded, chunk=64, matmul="default")
-    onnx = _scores(loaded, chunk=3, backend="onnx")
+    eager = _scores(loaded, chunk=64, matmul="default", backend="torch")
+    onnx = _scores(loaded, chunk=3, backend="onnx")  # crops and texts through ONNX Runtime
     np.testing.assert_allclose(onnx, eager, atol=1e-5, rtol=0)
-    graphs = list((tmp_path / "onnx").glob("*.onnx"))
-    assert len(graphs) == 1
-    # Same weights: the cached graph is reused; changed weights: a new graph is exported.
-    assert onnx_backend.OnnxImageEncoder(loaded.model).path == graphs[0]
-    key = onnx_backend.weights_hash(loaded.model.visual, loaded.model.config.vision)
+    graphs = sorted(p.name.split("-")[0] for p in (tmp_path / "onnx").glob("*.onnx"))
+    assert graphs == ["image", "text"]
+    # Same weights: the cached graph is reused; changed weights: a new key.
+    image = onnx_backend.OnnxImageEncoder(loaded.model)
+    assert image.export_seconds == 0 and image.path.exists()
+    key = onnx_backend.image_tower(loaded.model).key
     with torch.no_grad():
         next(loaded.model.visual.parameters()).add_(1.0)
-    assert onnx_backend.weights_hash(loaded.model.visual, loaded.model.config.vision) != key
+    assert onnx_backend.image_tower(loaded.model).key != key
+
+
+@pytest.mark.slow
+def test_onnx_text_encoder_equals_eager_at_any_batch_and_length(
+    tiny_clip, tiny_tokenizer, monkeypatch, tmp_path
+):
+    pytest.importorskip("onnxruntime", reason="the onnx extra is optional (not in CI)")
+    pytest.importorskip("onnxscript", reason="the onnx extra is optional (not in CI)")
+    from refseg.clip import onnx_backend
+
+    loaded = LoadedClip(tiny_clip, tiny_tokenizer, "tiny-vit")  # the same text tower as RN's
+    monkeypatch.setenv("REFSEG_CACHE_DIR", str(tmp_path))
+    model, eot = loaded.model, loaded.tokenizer.eot_id
+    encoder = onnx_backend.OnnxTextEncoder(model, eot)
+    assert encoder.export_seconds > 0
+    texts = ["a", "the cat lying on the scooter seat next to the tree", *TEXTS]
+    for batch in (texts[:1], texts[1:2], texts):  # one row, a long row, trimmed lengths
+        tokens = loaded.tokenize(batch)
+        for ids in (tokens, loaded.trim_tokens(tokens)):
+            np.testing.assert_allclose(
+                encoder(ids), model.encode_text(ids, eot).detach(), atol=1e-5, rtol=0
+            )
+    assert loaded.trim_tokens(loaded.tokenize(texts[:1])).shape[1] < loaded.tokenizer.context_length
+    # A second construction loads the cached graph: no export.
+    monkeypatch.setattr(onnx_backend, "export_tower", lambda *a: pytest.fail("exported again"))
+    assert onnx_backend.OnnxTextEncoder(model, eot).path == encoder.path
+    # The key follows the text weights and the end-of-text id, not the image tower's weights.
+    key = onnx_backend.text_tower(model, eot).key
+    assert onnx_backend.text_tower(model, eot + 1).key != key
+    with torch.no_grad():
+        next(model.visual.parameters()).add_(1.0)
+    assert onnx_backend.text_tower(model, eot).key == key
+    with torch.no_grad():
+        model.token_embedding.weight[0, 0] += 1e-3
+    assert onnx_backend.text_tower(model, eot).key != key

@@ -151,9 +151,9 @@ def test_visual_work_done_once_per_image_for_many_queries(segmenter, monkeypatch
 def test_text_features_are_cached_between_queries(segmenter, monkeypatch):
     segmenter.set_image(_image(), proposals=_proposals())
     encoded: list[int] = []
-    original = segmenter.clip.encode_texts
+    original = segmenter.clip.encode_text  # token ids -> features (the torch backend's)
     monkeypatch.setattr(
-        segmenter.clip, "encode_texts", lambda texts: encoded.append(len(texts)) or original(texts)
+        segmenter.clip, "encode_text", lambda ids: encoded.append(len(ids)) or original(ids)
     )
     segmenter.query(TEXTS)
     segmenter.query(TEXTS[:2])

@@ -11,34 +11,41 @@ What it decides (each exact in fp32 unless the user opts into ``precision="bf16"
   (``OMP_WAIT_POLICY=PASSIVE``) and no more threads than idle cores, so that a busy shared
   machine does not make two threads slower than one.
 
-``backend="onnx"`` (opt-in, ``refseg[onnx]``) runs the crops through ONNX Runtime instead
-(:mod:`refseg.clip.onnx_backend`, fp32, exact to about 1e-6).
+- the backend of each CLIP tower under ``backend="auto"`` (the default): ONNX Runtime
+  (:mod:`refseg.clip.onnx_backend`, fp32) where it is installed, gives the eager outputs
+  within :data:`EXACT_TOLERANCE` and is faster on the first real batch, else eager torch
+  (:func:`choose_backend`; which towers use it: :mod:`refseg.clip.backend`).
+  ``backend="torch"`` / ``"onnx"`` force one.
 
 ``REFSEG_CACHE_DIR`` moves the cache; ``REFSEG_TUNE=0`` turns measuring off (fixed chunks of
-:data:`DEFAULT_CHUNK`, default matmul path).
+:data:`DEFAULT_CHUNK`, default matmul path, torch backend under ``auto``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import json
 import os
 import platform
 import statistics
+import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from tqdm import tqdm
 
 from refseg.fileio import write_atomic
 
 PRECISIONS = ("fp32", "bf16")
-BACKENDS = ("torch", "onnx")
+BACKENDS = ("auto", "torch", "onnx")
 MATMUL_PATHS = ("default", "onednn")
 # Crop chunk sizes tried by the tuner; the reference encodes all crops in one batch.
 CHUNK_CANDIDATES = (1, 2, 4, 8, 16, 32)
@@ -48,6 +55,13 @@ TUNING_CALLS = 24  # settle after this many batches of crops even if a candidate
 # A relative error above this on the probe matmul means the path is not fp32 (bf16: ~4e-3).
 FP32_PROBE_TOLERANCE = 1e-5
 ONEDNN_MIN_GAIN = 1.05  # oneDNN must be at least 5% faster to be chosen
+# backend="auto": ONNX Runtime must give the eager outputs (L2-normalised, as scores use them)
+# within this and be at least BACKEND_MIN_GAIN faster (median of BACKEND_REPEATS alternated
+# CPU timings after one untimed call each) on at most BACKEND_SAMPLE real inputs.
+EXACT_TOLERANCE = 1e-5
+BACKEND_MIN_GAIN = 1.05
+BACKEND_REPEATS = 3
+BACKEND_SAMPLE = 8
 
 
 @dataclass
@@ -57,7 +71,9 @@ class RuntimeSettings:
     precision: str = "fp32"  # "bf16": autocast on the local branch only (opt-in, not exact)
     chunk: int | None = None  # crops per batch in the local branch
     matmul: str | None = None  # "default" or "onednn" for fp32 matmuls in the local branch
-    backend: str = "torch"  # "onnx": the local branch's crops through ONNX Runtime (fp32)
+    # "torch", "onnx" (both towers through ONNX Runtime, fp32) or "auto": per tower, the
+    # faster exact one installed, measured on the first real batch (choose_backend)
+    backend: str = "auto"
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -81,7 +97,7 @@ def settings() -> RuntimeSettings:
 
 
 def configure(**changes: object) -> RuntimeSettings:
-    """Change the process-wide settings (``precision``, ``chunk``, ``matmul``)."""
+    """Change the process-wide settings (``precision``, ``chunk``, ``matmul``, ``backend``)."""
     global _settings
     _settings = replace(_settings, **changes)  # type: ignore[arg-type]
     if _settings.precision == "bf16" and not bf16_supported():
@@ -143,6 +159,11 @@ def _read_cache() -> dict:
         return {}
     entry = data.get(machine_key()) if isinstance(data, dict) else None
     return entry if isinstance(entry, dict) else {}
+
+
+def notify(message: str) -> None:
+    """One line on stderr for a slow one-off step (it does not break a running tqdm bar)."""
+    tqdm.write(f"refseg: {message}", file=sys.stderr)
 
 
 def _write_cache(section: str, key: str, value: object) -> None:
@@ -351,6 +372,111 @@ def local_branch() -> Iterator[None]:
                 yield
         else:
             yield
+
+
+# ------------------------------------------------------------------------- backends
+def onnx_installed() -> bool:
+    """ONNX Runtime and onnxscript (the dynamo exporter's) are installed (not imported here)."""
+    return all(importlib.util.find_spec(name) is not None for name in ("onnxruntime", "onnxscript"))
+
+
+@dataclass
+class BackendTrial:
+    """Backends compared on the same inputs: median CPU seconds per call of each (the first
+    is the reference, eager torch) and the largest difference of another's L2-normalised
+    outputs from the reference's."""
+
+    seconds: dict[str, float]
+    difference: float
+
+    def choice(self) -> str:
+        """The reference unless another backend is exact and at least BACKEND_MIN_GAIN faster."""
+        reference, *others = self.seconds
+        if not others or not self.difference <= EXACT_TOLERANCE:  # NaN is not exact either
+            return reference
+        fastest = min(others, key=self.seconds.__getitem__)
+        gain = self.seconds[reference] / max(self.seconds[fastest], 1e-12)
+        return fastest if gain >= BACKEND_MIN_GAIN else reference
+
+
+def measure_backends(
+    sample: torch.Tensor,
+    encoders: Mapping[str, Callable[[torch.Tensor], torch.Tensor]],
+    repeats: int = BACKEND_REPEATS,
+    clock: Callable[[], float] | None = None,
+) -> BackendTrial:
+    """Run every encoder on ``sample`` once untimed (warm-up; these outputs are compared),
+    then ``repeats`` timed rounds, alternated so that a change of load hits all of them."""
+    clock = clock or _cpu_seconds
+    first = {name: encode(sample) for name, encode in encoders.items()}
+    times: dict[str, list[float]] = {name: [] for name in encoders}
+    for _ in range(repeats):
+        for name, encode in encoders.items():
+            start = clock()
+            encode(sample)
+            times[name].append(clock() - start)
+    outputs = [F.normalize(out.detach().cpu().float(), dim=-1) for out in first.values()]
+    difference = max((float((outputs[0] - out).abs().max()) for out in outputs[1:]), default=0.0)
+    return BackendTrial({name: statistics.median(t) for name, t in times.items()}, difference)
+
+
+_backend_choices: dict[str, str] = {}
+
+
+def known_backend(key: str) -> str | None:
+    """``auto``'s backend for ``key`` when nothing needs measuring: torch without ONNX Runtime
+    or with ``REFSEG_TUNE=0``, else the choice made in this process or cached for this
+    machine; ``None`` until it is measured."""
+    if not onnx_installed() or not tuning_enabled():
+        return "torch"
+    with _lock:
+        if key not in _backend_choices:
+            cached = _read_cache().get("backend", {}).get(key)
+            if cached in ("torch", "onnx"):
+                _backend_choices[key] = cached
+        return _backend_choices.get(key)
+
+
+def choose_backend(
+    key: str,
+    sample: torch.Tensor,
+    builders: Mapping[str, Callable[[], Callable[[torch.Tensor], torch.Tensor]]],
+    label: str | None = None,
+) -> str:
+    """``auto``'s backend for ``key`` (one tower of one architecture on this machine).
+
+    Known (:func:`known_backend`), else measured once on the first :data:`BACKEND_SAMPLE`
+    rows of ``sample`` (a real batch) with the encoders ``builders`` make (the first, eager
+    torch, is the reference; building ONNX's may export the graph, announced with its
+    duration), then cached per machine. A builder that fails leaves its backend out, with a
+    warning. An empty ``sample`` gives torch, undecided.
+    """
+    known = known_backend(key)
+    if known is not None or len(sample) == 0:
+        return known or "torch"
+    label = label or key
+    notify(
+        f"backend auto: timing {' against '.join(builders)} on the {label} (once per machine "
+        "and architecture; an ONNX export of a real-size model takes about a minute)"
+    )
+    encoders = {}
+    for name, build in builders.items():
+        try:
+            encoders[name] = build()
+        except Exception as exc:  # noqa: BLE001 - any failed export: keep the other backends
+            warnings.warn(f"backend auto: {name} cannot run the {label}: {exc}", stacklevel=2)
+    sample = sample[:BACKEND_SAMPLE]
+    trial = measure_backends(sample, encoders)
+    choice = trial.choice()
+    with _lock:
+        _backend_choices[key] = choice
+    _write_cache("backend", key, choice)
+    timings = ", ".join(f"{name} {seconds:.3g}" for name, seconds in trial.seconds.items())
+    notify(
+        f"backend auto: {label} -> {choice} (CPU seconds per batch of {len(sample)}: {timings}; "
+        f"outputs differ by {trial.difference:.1e}); kept in {cache_path()}"
+    )
+    return choice
 
 
 # -------------------------------------------------------------------------- threads

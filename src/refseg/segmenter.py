@@ -28,6 +28,7 @@ import torch
 
 from refseg import runtime
 from refseg.clip import LoadedClip, load_clip
+from refseg.clip.backend import backend_record, text_encoder
 from refseg.clip.recommended import recommended_defaults
 from refseg.errors import CheckpointFormatError, InputError, OptionError
 from refseg.image_io import DEFAULT_MAX_PIXELS, ImageSource, cap_pixels, load_image
@@ -239,7 +240,9 @@ class Segmenter(System):
                         f"tokens was truncated: {text[:60]!r}...",
                         stacklevel=3,
                     )
-            features = self.clip.encode_texts([*normalised, *phrases])
+            tokens = self.clip.tokenize([*normalised, *phrases])
+            _, encode = text_encoder(self.clip, tokens)  # auto: may measure on these tokens
+            features = encode(tokens)
             for i, text in enumerate(missing):
                 self._text_cache[text] = (
                     normalised[i],
@@ -337,9 +340,10 @@ class Segmenter(System):
             "phrases": getattr(self.phrases, "pipeline_name", None),
             "max_pixels": self.max_pixels,
             **self.query_params(),
-            # Process-wide (refseg.runtime): recorded so a resume cannot mix fp32 and bf16.
+            # Process-wide (refseg.runtime): recorded so a resume cannot mix fp32 and bf16;
+            # the backend as run ("auto: onnx" once auto has chosen for both towers).
             "precision": runtime.settings().precision,
-            "backend": runtime.settings().backend,
+            "backend": backend_record(self.clip),
             "value_sources": dict(self.value_sources),
             "device": str(self.clip.device),
         }

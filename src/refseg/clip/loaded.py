@@ -52,17 +52,19 @@ class LoadedClip:
         """``[B, 3, S, S]`` -> ``[B, D]`` (not normalised)."""
         return self.model.encode_image(self.to_model(pixels))
 
-    def encode_text(self, token_ids: torch.Tensor) -> torch.Tensor:
-        """``int64 [B, L]`` -> ``[B, D]`` (not normalised).
-
-        Columns after the batch's last end-of-text token are dropped first: attention is
-        causal and the feature is read at end-of-text, so the result is the same, for a
-        fraction of the work on short sentences.
-        """
+    def trim_tokens(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """Drop the columns after the batch's last end-of-text token: attention is causal and
+        the feature is read at end-of-text, so the features are the same, for a fraction of
+        the work on short sentences."""
         is_eot = token_ids == self.tokenizer.eot_id
         if is_eot.any(dim=1).all():
             length = int(is_eot.int().argmax(dim=1).max()) + 1
             token_ids = token_ids[:, :length]
+        return token_ids
+
+    def encode_text(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """``int64 [B, L]`` -> ``[B, D]`` (not normalised), on :meth:`trim_tokens`' columns."""
+        token_ids = self.trim_tokens(token_ids)
         return self.model.encode_text(token_ids.to(self.device), self.tokenizer.eot_id)
 
     def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:

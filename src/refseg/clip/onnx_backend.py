@@ -1,10 +1,18 @@
-"""The image tower through ONNX Runtime (optional extra ``refseg[onnx]``), exact in fp32.
+"""CLIP's image and text towers through ONNX Runtime (optional extra ``refseg[onnx]``), fp32.
 
-The visual tower is exported once with torch's dynamo exporter (dynamic batch size) and
-the graph is cached on disk under ``REFSEG_CACHE_DIR`` (default ``~/.cache/refseg``)
-``/onnx/<hash>.onnx``, keyed by a hash of the architecture and every weight, so a change
-of weights never reuses a stale graph. Only fp32 CPU models are exported; the outputs equal
-eager torch to about 1e-6 (tests check 1e-5 on the scores).
+Each tower is exported once with torch's dynamo exporter (the legacy exporter fails on
+``round()`` of a tensor) and the graph is cached on disk under ``REFSEG_CACHE_DIR`` (default
+``~/.cache/refseg``) ``/onnx/<tower>-<hash>.onnx``, keyed by a hash of the architecture and
+every weight the tower uses, so a change of weights never reuses a stale graph. The export
+of a real-size tower takes about a minute: it is announced on stderr with its duration.
+
+- image: ``encode_image``, pixels ``[B, 3, S, S]`` -> ``[B, D]``, dynamic batch;
+- text: ``encode_text(tokens, eot_id)``, ids ``int64 [B, L]`` -> ``[B, D]``, dynamic batch
+  and dynamic length ``2 <= L <= context_length`` (so trimmed batches need no padding); the
+  end-of-text id is part of the graph and of its key.
+
+Only fp32 CPU models are exported; the outputs equal eager torch to about 1e-6 (tests check
+1e-5).
 """
 
 from __future__ import annotations
@@ -12,7 +20,10 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import time
 import weakref
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +31,7 @@ import torch
 
 from refseg.clip.model import CLIP
 from refseg.errors import RefsegError
+from refseg.runtime import notify
 
 
 def onnx_available() -> bool:
@@ -31,10 +43,11 @@ def onnx_available() -> bool:
     return True
 
 
-def weights_hash(model: torch.nn.Module, config: object) -> str:
-    """SHA-256 over the architecture and every parameter and buffer, in name order."""
+def weights_hash(weights: torch.nn.Module | Mapping[str, torch.Tensor], config: object) -> str:
+    """SHA-256 over ``repr(config)`` and every tensor (a module's state dict), in name order."""
+    state = weights.state_dict() if isinstance(weights, torch.nn.Module) else weights
     digest = hashlib.sha256(repr(config).encode())
-    for name, tensor in sorted(model.state_dict().items()):
+    for name, tensor in sorted(state.items()):
         digest.update(name.encode())
         digest.update(str(tuple(tensor.shape)).encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
@@ -50,22 +63,59 @@ class _ImageTower(torch.nn.Module):
         return self.model.encode_image(pixels)
 
 
-def export_image_tower(model: CLIP, path: Path) -> Path:
-    """Write ``model.encode_image`` as an ONNX graph with a dynamic batch dimension."""
+class _TextTower(torch.nn.Module):
+    def __init__(self, model: CLIP, eot_token_id: int) -> None:
+        super().__init__()
+        self.model = model
+        self.eot_token_id = eot_token_id
+
+    def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_text(token_ids, self.eot_token_id)
+
+
+@dataclass
+class Tower:
+    """What one exported graph computes: the module to trace, an example input, its dynamic
+    dimensions, and the key (architecture + the weights it reads) its cache file is named by."""
+
+    name: str
+    module: torch.nn.Module
+    input_name: str  # the forward argument's name, which names the graph's input
+    example: torch.Tensor
+    dynamic: dict[int, torch.export.Dim]
+    key: str
+
+
+def image_tower(model: CLIP) -> Tower:
+    """``encode_image`` with a dynamic batch; keyed by the visual weights and architecture."""
     size = model.config.vision.image_size
-    example = torch.zeros(2, 3, size, size)
-    program = torch.onnx.export(
+    arch = (model.config.vision, model.config.embed_dim, model.config.quick_gelu)
+    return Tower(
+        "image",
         _ImageTower(model).eval(),
-        (example,),
-        dynamo=True,
-        dynamic_shapes={"pixels": {0: torch.export.Dim("batch")}},
-        verbose=False,
+        "pixels",
+        torch.zeros(2, 3, size, size),
+        {0: torch.export.Dim("batch")},
+        weights_hash(model.visual, arch),
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    program.save(str(tmp))
-    os.replace(tmp, path)
-    return path
+
+
+def text_tower(model: CLIP, eot_token_id: int) -> Tower:
+    """``encode_text`` with dynamic batch and length; keyed by the text weights (everything
+    outside ``visual``), the text architecture and the end-of-text id."""
+    context = model.config.text.context_length
+    example = torch.zeros(2, context, dtype=torch.long)
+    example[:, context // 2] = eot_token_id
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("visual.")}
+    arch = (model.config.text, model.config.embed_dim, model.config.quick_gelu, eot_token_id)
+    return Tower(
+        "text",
+        _TextTower(model, eot_token_id).eval(),
+        "token_ids",
+        example,
+        {0: torch.export.Dim("batch"), 1: torch.export.Dim("tokens", min=2, max=context)},
+        weights_hash(state, arch),
+    )
 
 
 def cache_dir() -> Path:
@@ -73,10 +123,40 @@ def cache_dir() -> Path:
     return Path(root) / "onnx"
 
 
-class OnnxImageEncoder:
-    """``encode_image`` of one fp32 CPU :class:`CLIP` through an ONNX Runtime session."""
+def graph_path(tower: Tower) -> Path:
+    return cache_dir() / f"{tower.name}-{tower.key}.onnx"
 
-    def __init__(self, model: CLIP, threads: int | None = None) -> None:
+
+def export_tower(tower: Tower, path: Path) -> float:
+    """Write ``tower`` as an ONNX graph at ``path`` (atomically); returns the seconds it took."""
+    notify(
+        f"exporting the {tower.name} tower to ONNX once for these weights ({path}); "
+        "real-size models take about a minute"
+    )
+    start = time.perf_counter()
+    program = torch.onnx.export(
+        tower.module,
+        (tower.example,),
+        dynamo=True,
+        dynamic_shapes={tower.input_name: tower.dynamic},
+        verbose=False,
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    program.save(str(tmp))
+    os.replace(tmp, path)
+    seconds = time.perf_counter() - start
+    notify(f"exported the {tower.name} tower in {seconds:.1f} s")
+    return seconds
+
+
+class OnnxEncoder:
+    """One exported tower of one fp32 CPU :class:`CLIP` through an ONNX Runtime session.
+
+    ``export_seconds`` is what exporting cost now (0 when the cached graph was reused).
+    """
+
+    def __init__(self, model: CLIP, tower: Tower, threads: int | None = None) -> None:
         if not onnx_available():
             raise RefsegError(
                 "the onnx backend needs onnxruntime and onnxscript: pip install 'refseg[onnx]'"
@@ -85,31 +165,57 @@ class OnnxImageEncoder:
             raise RefsegError("the onnx backend runs fp32 models on the CPU only")
         import onnxruntime as ort
 
-        path = cache_dir() / f"{weights_hash(model.visual, model.config.vision)}.onnx"
-        if not path.exists():
-            export_image_tower(model, path)
+        self.path = graph_path(tower)
+        self.export_seconds = 0.0 if self.path.exists() else export_tower(tower, self.path)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.inter_op_num_threads = 1
         self.session = ort.InferenceSession(
-            str(path), options, providers=["CPUExecutionProvider"]
+            str(self.path), options, providers=["CPUExecutionProvider"]
         )
         self.input_name = self.session.get_inputs()[0].name
-        self.path = path
+        self.dtype = np.float32 if tower.name == "image" else np.int64
 
-    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
-        array = np.ascontiguousarray(pixels.detach().cpu().float().numpy())
+    def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
+        array = np.ascontiguousarray(inputs.detach().cpu().numpy().astype(self.dtype, copy=False))
         return torch.from_numpy(self.session.run(None, {self.input_name: array})[0])
 
 
-_encoders: weakref.WeakKeyDictionary[CLIP, OnnxImageEncoder] = weakref.WeakKeyDictionary()
+class OnnxImageEncoder(OnnxEncoder):
+    """``encode_image`` of ``model``: ``[B, 3, S, S]`` -> ``[B, D]``."""
+
+    def __init__(self, model: CLIP, threads: int | None = None) -> None:
+        super().__init__(model, image_tower(model), threads)
+
+
+class OnnxTextEncoder(OnnxEncoder):
+    """``encode_text(tokens, eot_token_id)`` of ``model``: ``int64 [B, L]`` -> ``[B, D]``."""
+
+    def __init__(self, model: CLIP, eot_token_id: int, threads: int | None = None) -> None:
+        super().__init__(model, text_tower(model, eot_token_id), threads)
+
+
+_encoders: weakref.WeakKeyDictionary[CLIP, dict[tuple, OnnxEncoder]] = (
+    weakref.WeakKeyDictionary()
+)
 _lock = threading.Lock()
 
 
-def onnx_image_encoder(model: CLIP) -> OnnxImageEncoder:
-    """One encoder per model object in this process (export or load happens once)."""
+def _encoder(model: CLIP, key: tuple, build: Callable[[], OnnxEncoder]) -> OnnxEncoder:
     with _lock:
-        encoder = _encoders.get(model)
-        if encoder is None:
-            encoder = _encoders[model] = OnnxImageEncoder(model)
-        return encoder
+        per_model = _encoders.setdefault(model, {})
+        if key not in per_model:
+            per_model[key] = build()
+        return per_model[key]
+
+
+def onnx_image_encoder(model: CLIP) -> OnnxImageEncoder:
+    """One image encoder per model object in this process (export or load happens once)."""
+    return _encoder(model, ("image",), lambda: OnnxImageEncoder(model))  # type: ignore[return-value]
+
+
+def onnx_text_encoder(model: CLIP, eot_token_id: int) -> OnnxTextEncoder:
+    """One text encoder per model object and end-of-text id in this process."""
+    return _encoder(  # type: ignore[return-value]
+        model, ("text", eot_token_id), lambda: OnnxTextEncoder(model, eot_token_id)
+    )

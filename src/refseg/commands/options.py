@@ -146,10 +146,13 @@ def add_model_options(
     )
     parser.add_argument(
         "--backend",
-        choices=("torch", "onnx"),
-        default="torch",
-        help="image tower of the local branch: torch (default) or onnx (ONNX Runtime, fp32, "
-        "exact; needs refseg[onnx]; the graph is exported once per weights and cached)",
+        choices=("auto", "torch", "onnx"),
+        default="auto",
+        help="what runs CLIP's towers (the local branch's crops and the text): onnx = ONNX "
+        "Runtime, fp32, exact (needs refseg[onnx]; each tower is exported once per weights, "
+        "about a minute, and cached); auto = per tower the faster of the two where onnx is "
+        "installed and gives the same outputs, measured on the first batch once per machine "
+        "(else torch; REFSEG_TUNE=0: torch)",
     )
 
 
@@ -161,7 +164,7 @@ def apply_runtime_options(args: argparse.Namespace) -> None:
     runtime.set_thread_defaults()
     try:
         runtime.configure(
-            precision=getattr(args, "precision", "fp32"), backend=getattr(args, "backend", "torch")
+            precision=getattr(args, "precision", "fp32"), backend=getattr(args, "backend", "auto")
         )
     except ValueError as exc:
         raise InputError(str(exc)) from None

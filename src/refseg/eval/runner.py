@@ -45,6 +45,7 @@ import torch
 from tqdm import tqdm
 
 import refseg
+from refseg.clip.backend import requested_backend
 from refseg.data import ImageDataset, ImageSample
 from refseg.errors import InputError
 from refseg.eval.metrics import (
@@ -299,8 +300,8 @@ def check_resumable(saved: Mapping[str, Any], wanted: Mapping[str, Any], run_dir
             f"{str(wanted.get('dataset_fingerprint'))[:12]} now (the dataset was changed or "
             "regenerated); pass another --out"
         )
-    old = _flatten({key: saved.get(key) for key in IDENTITY_KEYS})
-    new = _flatten(json.loads(json.dumps({key: wanted.get(key) for key in IDENTITY_KEYS})))
+    old = _identity(saved)
+    new = _identity(json.loads(json.dumps(dict(wanted))))
     diffs = [
         f"{key}: {old.get(key)!r} there, {new.get(key)!r} now"
         for key in sorted(set(old) | set(new))
@@ -312,6 +313,15 @@ def check_resumable(saved: Mapping[str, Any], wanted: Mapping[str, Any], run_dir
             f"{run_dir} holds a run with another configuration ({shown}); rerun with the same "
             "options to resume it, or pass another --out"
         )
+
+
+def _identity(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The flattened identity entries; of the backend only what the user asked for ("auto: onnx"
+    -> "auto"): auto's choice may differ between machines (shards) and every backend is exact."""
+    flat = _flatten({key: config.get(key) for key in IDENTITY_KEYS})
+    if "settings.backend" in flat:
+        flat["settings.backend"] = requested_backend(flat["settings.backend"])
+    return flat
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -414,15 +424,8 @@ class EvalRunner:
         described = self.system.describe()
         device = described.pop("device", None)
         params = self.system.query_params(**self.params)
-        settings = {
-            "dataset": getattr(self.dataset, "name", None),
-            "split": getattr(self.dataset, "split", None),
-            "split_by": getattr(self.dataset, "split_by", None),
-            **{key: value for key, value in described.items() if key not in params},
-            **self.extra_settings,
-        }
         return {
-            "settings": settings,
+            "settings": self._settings(described, params),
             "params": params,
             "sweep": self.sweep,
             "shard": self.shard.label,
@@ -435,6 +438,25 @@ class EvalRunner:
             "environment": environment(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
+
+    def _settings(self, described: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
+        return {
+            "dataset": getattr(self.dataset, "name", None),
+            "split": getattr(self.dataset, "split", None),
+            "split_by": getattr(self.dataset, "split_by", None),
+            **{key: value for key, value in described.items() if key not in params and
+               key != "device"},
+            **self.extra_settings,
+        }
+
+    def _record_settings(self, config: dict[str, Any]) -> None:
+        """Rewrite config.json when the system's settings changed while it ran: ``--backend
+        auto`` knows what it chose only after measuring on the first image."""
+        params = self.system.query_params(**self.params)
+        settings = self._settings(self.system.describe(), params)
+        if json.loads(json.dumps(settings)) != json.loads(json.dumps(config["settings"])):
+            config["settings"] = settings
+            write_json_atomic(self.run_dir / CONFIG_FILE, config, indent=2)
 
     def _num_images(self) -> int:
         total = len(self.dataset)
@@ -501,6 +523,7 @@ class EvalRunner:
                     outcome = self._evaluate(index, self.dataset[index], timings)
                     log.append(outcome)
                     done[index] = outcome
+                    self._record_settings(config)
                     computed += 1
                     n_expr += len(outcome.expressions)
                     seconds = time.perf_counter() - start

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from refseg.clip.backend import image_encoder
 from refseg.clip.loaded import LoadedClip
 from refseg.methods.base import ImageContext, Method, TextBatch
 from refseg.methods.global_local import (
@@ -69,19 +70,16 @@ def local_features(clip: LoadedClip, context: ImageContext) -> torch.Tensor:
     tower (cached per precision).
 
     The crops go in batches whose size :mod:`refseg.runtime` measures on this machine
-    (which also bounds memory for 100+ proposals), under its matmul path and precision.
+    (which also bounds memory for 100+ proposals), under its matmul path and precision,
+    through the backend :mod:`refseg.clip.backend` picks.
     """
     precision, backend = settings().precision, settings().backend
 
     def compute() -> torch.Tensor:
         crops = local_inputs(clip, context)
-        key = f"{backend}|{model_key(clip.model, clip.device, clip.dtype)}"
-        encode = clip.encode_image
-        if backend == "onnx":
-            from refseg.clip.onnx_backend import onnx_image_encoder
-
-            encode = onnx_image_encoder(clip.model)
         with local_branch():
+            used, encode = image_encoder(clip, crops)  # auto: may measure on these crops
+            key = f"{used}|{model_key(clip.model, clip.device, clip.dtype)}"
             chunks = encode_in_chunks(encode, crops, key)
         if not chunks:
             return crops.new_zeros((0, clip.config.embed_dim))
