@@ -29,9 +29,11 @@ from refseg.proposals.amg import (
     stability_score,
 )
 from refseg.proposals.sam import (
+    ProposalStats,
     SamInputTransform,
     SamProposalConfig,
     SamProposals,
+    _Candidates,
     resolve_sam_checkpoint,
 )
 
@@ -584,3 +586,25 @@ def test_prompt_reduction_only_skips_points_an_accepted_mask_covers(
             assert union.shape == (height, width)
             covered |= union
     assert next(calls, None) is None
+
+
+def test_prompt_reduction_covers_only_masks_that_pass_every_filter(tiny_sam_dir):
+    """The union that prompt reduction skips points under holds the accepted masks only:
+    not one the predicted-IoU or the stability filter rejected (hand-built decoder output)."""
+    generator = SamProposals(str(tiny_sam_dir), device="cpu", skip_covered_points=True,
+                             pred_iou_thresh=0.88, stability_score_thresh=0.95)
+    side = 32  # any low-res size: logits_to_image scales it to the input, then the image
+    logits = torch.full((3, side, side), -10.0)
+    logits[0, :16, :16] = 10.0  # confident and stable: accepted
+    logits[1, 16:, 16:] = 10.0  # stable but predicted IoU 0.5: rejected
+    logits[2, :16, 16:] = 0.5  # confident but unstable (nothing above +1): rejected
+    scores = torch.tensor([0.95, 0.5, 0.95])
+    size = (INPUT_SIZE, INPUT_SIZE)
+    kept, stats = _Candidates(), ProposalStats()
+    union = generator._filter_batch(logits, scores, size, size, kept, stats)
+    expected = generator.transform.logits_to_image(logits[:1], size, size)[0] > 0
+    assert stats.after_iou == 2 and stats.after_stability == 1 and stats.pre_nms == 1
+    assert union is not None and torch.equal(union, expected)
+    inner, outer = INPUT_SIZE // 2 - 2, INPUT_SIZE // 2 + 2  # bilinear edges in between
+    assert union[:inner, :inner].all() and not union[outer:].any() and not union[:, outer:].any()
+    assert len(kept.scores) == 1 and kept.scores[0].tolist() == pytest.approx([0.95])
