@@ -457,7 +457,7 @@ def choose_backend(
     label = label or key
     notify(
         f"backend auto: timing {' against '.join(builders)} on the {label} (once per machine "
-        "and architecture; an ONNX export of a real-size model takes about a minute)"
+        "and architecture; exporting a real-size tower to ONNX takes 10 s to a few minutes)"
     )
     encoders = {}
     for name, build in builders.items():

@@ -4,7 +4,7 @@ Each tower is exported once with torch's dynamo exporter (the legacy exporter fa
 ``round()`` of a tensor) and the graph is cached on disk under ``REFSEG_CACHE_DIR`` (default
 ``~/.cache/refseg``) ``/onnx/<tower>-<hash>.onnx``, keyed by a hash of the architecture and
 every weight the tower uses, so a change of weights never reuses a stale graph. The export
-of a real-size tower takes about a minute: it is announced on stderr with its duration.
+of a real-size tower takes 10 s to a few minutes: it is announced on stderr with its duration.
 
 - image: ``encode_image``, pixels ``[B, 3, S, S]`` -> ``[B, D]``, dynamic batch;
 - text: ``encode_text(tokens, eot_id)``, ids ``int64 [B, L]`` -> ``[B, D]``, dynamic batch
@@ -131,7 +131,7 @@ def export_tower(tower: Tower, path: Path) -> float:
     """Write ``tower`` as an ONNX graph at ``path`` (atomically); returns the seconds it took."""
     notify(
         f"exporting the {tower.name} tower to ONNX once for these weights ({path}); "
-        "real-size models take about a minute"
+        "real-size towers take 10 s to a few minutes"
     )
     start = time.perf_counter()
     program = torch.onnx.export(

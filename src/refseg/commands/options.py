@@ -150,7 +150,7 @@ def add_model_options(
         default="auto",
         help="what runs CLIP's towers (the local branch's crops and the text): onnx = ONNX "
         "Runtime, fp32, exact (needs refseg[onnx]; each tower is exported once per weights, "
-        "about a minute, and cached); auto = per tower the faster of the two where onnx is "
+        "seconds to minutes, and cached); auto = per tower the faster of the two where onnx is "
         "installed and gives the same outputs, measured on the first batch once per machine "
         "(else torch; REFSEG_TUNE=0: torch)",
     )
