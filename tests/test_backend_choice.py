@@ -236,14 +236,15 @@ def test_forced_backends_and_bf16_are_recorded_as_they_run(fresh, loaded):
         assert backend.backend_record(loaded) == "auto: image torch, text ?"
 
 
-def test_resume_compares_what_was_asked_not_what_auto_chose(tmp_path):
-    def config(record: str) -> dict:
-        return {"settings": {"precision": "fp32", "backend": record}, "params": {}}
+def test_resume_accepts_any_exact_backend_but_not_another_precision(tmp_path):
+    def config(record: str, precision: str = "fp32") -> dict:
+        return {"settings": {"precision": precision, "backend": record}, "params": {}}
 
     check_resumable(config("auto: onnx"), config("auto: image torch, text ?"), tmp_path)
     check_resumable(config("auto: image ?, text ?"), config("auto: torch"), tmp_path)
-    with pytest.raises(InputError, match="backend: 'auto' there, 'torch' now"):
-        check_resumable(config("auto: onnx"), config("torch"), tmp_path)
+    check_resumable(config("torch"), config("auto: onnx"), tmp_path)  # a run from before auto
+    with pytest.raises(InputError, match="precision: 'fp32' there, 'bf16' now"):
+        check_resumable(config("torch"), config("torch", "bf16"), tmp_path)
 
 
 def test_eval_records_what_auto_chose_once_it_has_measured(fresh, monkeypatch, tmp_path,

@@ -45,7 +45,6 @@ import torch
 from tqdm import tqdm
 
 import refseg
-from refseg.clip.backend import requested_backend
 from refseg.data import ImageDataset, ImageSample
 from refseg.errors import InputError
 from refseg.eval.metrics import (
@@ -316,11 +315,12 @@ def check_resumable(saved: Mapping[str, Any], wanted: Mapping[str, Any], run_dir
 
 
 def _identity(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The flattened identity entries; of the backend only what the user asked for ("auto: onnx"
-    -> "auto"): auto's choice may differ between machines (shards) and every backend is exact."""
+    """The flattened identity entries, without the backend: every backend is exact in fp32
+    (scores equal to 1e-5, like the crop chunk or the matmul path), auto's choice may differ
+    between machines (shards), and runs recorded as "torch" before "auto" became the default
+    must stay resumable. The precision is compared: bf16 changes results."""
     flat = _flatten({key: config.get(key) for key in IDENTITY_KEYS})
-    if "settings.backend" in flat:
-        flat["settings.backend"] = requested_backend(flat["settings.backend"])
+    flat.pop("settings.backend", None)
     return flat
 
 
