@@ -17,12 +17,15 @@ Only fp32 CPU models are exported; the outputs equal eager torch to about 1e-6 (
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import os
 import threading
 import time
+import warnings
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,6 +130,23 @@ def graph_path(tower: Tower) -> Path:
     return cache_dir() / f"{tower.name}-{tower.key}.onnx"
 
 
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Hide the exporter's own chatter (a line per torchvision operator it cannot find, which
+    refseg never uses, and its library deprecation warnings): the user sees refseg's two
+    lines, not torch internals."""
+    logger = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            yield
+    finally:
+        logger.setLevel(level)
+
+
 def export_tower(tower: Tower, path: Path) -> float:
     """Write ``tower`` as an ONNX graph at ``path`` (atomically); returns the seconds it took."""
     notify(
@@ -134,13 +154,14 @@ def export_tower(tower: Tower, path: Path) -> float:
         "real-size towers take 10 s to a few minutes"
     )
     start = time.perf_counter()
-    program = torch.onnx.export(
-        tower.module,
-        (tower.example,),
-        dynamo=True,
-        dynamic_shapes={tower.input_name: tower.dynamic},
-        verbose=False,
-    )
+    with _quiet_exporter():
+        program = torch.onnx.export(
+            tower.module,
+            (tower.example,),
+            dynamo=True,
+            dynamic_shapes={tower.input_name: tower.dynamic},
+            verbose=False,
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     program.save(str(tmp))
