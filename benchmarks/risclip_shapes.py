@@ -115,10 +115,11 @@ def main() -> None:
             "`refseg.risclip.evaluate` scores masks resized to the image, each trained model at "
             "its own probability threshold (the best val mIoU when it was saved), the untrained "
             f"grounding at the cosine of best val mIoU (first {args.val_limit} val "
-            "expressions). Being dense, these rows compare with the superpixel rows above.",
+            "expressions). Being dense, these rows compare with the superpixel rows above. How "
+            "each model was trained: README, 'risclip-shapes: what was measured'.",
             "",
         ]
-        splice_section(args.out_md, "risclip-ablation", "\n".join(intro) + table)
+        splice_section(args.out_md, "risclip-ablation", "\n".join(intro) + "\n" + table)
 
 
 if __name__ == "__main__":
