@@ -204,3 +204,36 @@ def test_train_clip_help_shows_every_default(capsys):
         assert "(default:" in entries[option], option
     assert "shapes-vit 700 64 1e-03 70" in text  # the presets table
     assert "torchrun --nproc_per_node 2" in text
+
+
+def test_sigterm_to_the_whole_job_with_loader_workers_still_checkpoints(tmp_path):
+    """A scheduler signals every process of a job (here: the process group). DataLoader
+    workers ignore it, so the training process finishes its step and writes the checkpoint
+    instead of crashing on a dead worker."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "refseg", "train", "clip", "--preset", "tiny-vit",
+               "--out", str(out), "--threads", "1", "--num-workers", "1", "--steps", "2000",
+               "--on-the-fly", "--log-every", "1", "--no-progress"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               start_new_session=True, env=env, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        log = out / "metrics.jsonl"
+        while not (log.is_file() and log.read_text().count("\n") >= 2):
+            assert process.poll() is None and time.monotonic() < deadline, process.stdout.read()
+            time.sleep(0.2)
+        os.killpg(process.pid, signal.SIGTERM)  # the training process and its worker
+        output, _ = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert "stopped by signal 15" in output, output
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert 2 <= state["step"] < 2000

@@ -462,6 +462,15 @@ def _improved(value: float, best: float | None, mode: str) -> bool:
 # --------------------------------------------------------------------------- the loop
 
 
+def _ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader workers ignore SIGTERM and SIGINT: a scheduler (SLURM, a process-group
+    kill) signals every process of the job, and a worker killed first made the training
+    process crash without its checkpoint. The training process takes the signal, finishes
+    the step, writes the checkpoint and then shuts its workers down."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def train(task: TrainTask, config: LoopConfig) -> TrainResult:
     """Train ``task`` under ``config`` on this process's share of the launch.
 
@@ -634,6 +643,7 @@ def _run(
         batch_sampler=sampler,
         collate_fn=task.collate,
         num_workers=config.num_workers,
+        worker_init_fn=_ignore_stop_signals if config.num_workers else None,
         # Its own generator: starting an iterator must not draw from the global RNG, or a
         # resumed run's dropout masks would shift by one draw.
         generator=torch.Generator().manual_seed(config.seed * 1_000_003 + step),
