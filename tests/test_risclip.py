@@ -23,6 +23,7 @@ from refseg.risclip.evaluate import THRESHOLDS
 from refseg.risclip.io import load_risclip, read_risclip
 from refseg.risclip.losses import dice_loss, focal_loss, risclip_loss
 from refseg.risclip.task import RisclipTask, RisclipTaskConfig
+from refseg.train.memo import FrozenMemo
 
 TINY = RisclipConfig(
     clip="tiny",
@@ -250,13 +251,13 @@ def test_stage2_memo_changes_no_number(small_clip, shapes_root, tmp_path):
     data = cached.train_dataset()
     batch = cached.collate([data[i] for i in range(min(4, len(data)))])
     first, _ = cached.loss(model, batch)  # computes and memoises
-    assert len(cached._frozen_cache) == batch["mask"].shape[0]
+    assert len(cached._frozen) == batch["mask"].shape[0]
     again, _ = cached.loss(model, batch)  # from the memo
     assert torch.equal(first, again)
     # the same loss as the whole model's forward, and as a task that memoises nothing
     plain = dataclasses.replace(cached.config, feature_cache_mb=0)
     uncached = RisclipTask(plain, clip=small_clip)
-    assert torch.equal(uncached.loss(model, batch)[0], first) and not uncached._frozen_cache
+    assert torch.equal(uncached.loss(model, batch)[0], first) and not len(uncached._frozen)
     full = model(batch["pixels"], batch["tokens"]).mask_logits
     cfg = cached.model_config
     expected, _ = risclip_loss(full, batch["mask"], alpha=cfg.focal_alpha, gamma=cfg.focal_gamma,
@@ -278,10 +279,7 @@ def test_overfits_one_image_expression_pair(small_clip):
     model = Risclip(small_clip.model, config, small_clip.tokenizer.eot_id)
     task = RisclipTask.__new__(RisclipTask)  # only the loss/optimizer parts are used here
     task.model_config, task.stage = config, 1
-    task.config = dataclasses.replace(  # no memo: the stage-1 parts change before stage 2
-        RisclipTaskConfig(stage=1, model=config, data_root=".", dataset="x"), feature_cache_mb=0
-    )
-    task._frozen_cache, task._frozen_bytes = {}, 0
+    task._frozen = FrozenMemo(0)  # no memo: the stage-1 parts change before stage 2
     mask = torch.zeros(1, 64, 64)
     yy, xx = torch.meshgrid(torch.arange(64), torch.arange(64), indexing="ij")
     mask[0] = (((yy - 25) ** 2 + (xx - 38) ** 2) < 15**2).float()  # a disc off the patch grid

@@ -33,6 +33,7 @@ from refseg.data import open_dataset
 from refseg.errors import InputError
 from refseg.masks import intersection_union
 from refseg.train.loop import TaskBase
+from refseg.train.memo import FrozenMemo
 
 THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 
@@ -108,8 +109,7 @@ class CLIPSegTask(TaskBase):
         self._samples: SegmentationSamples | None = None
         self._text_cache: dict[str, torch.Tensor] = {}
         self._support_cache: dict[tuple[int, int], torch.Tensor] = {}
-        self._feature_cache: dict[tuple[int, ...], list[torch.Tensor]] = {}
-        self._feature_bytes = 0
+        self._features_memo = FrozenMemo(config.feature_cache_mb)
         self._last_scores: dict[str, float] | None = None
 
     # -- pieces -------------------------------------------------------------------------
@@ -198,23 +198,15 @@ class CLIPSegTask(TaskBase):
     def _features(self, model: CLIPSeg, keys: list[tuple[int, ...]]) -> list[torch.Tensor]:
         """Skip activations of the batch's queries, memoised by query key."""
         keys = [tuple(int(v) for v in k) for k in keys]
-        fresh: dict[tuple[int, ...], list[torch.Tensor]] = {}
-        missing = list(dict.fromkeys(k for k in keys if k not in self._feature_cache))
-        if missing:
+
+        def compute(missing: list[tuple[int, ...]]) -> list[list[torch.Tensor]]:
             samples = self.train_dataset()
             pixels = torch.stack([samples.query_pixels(k) for k in missing])
             device = model.decoder.film_mul.weight.device
             computed = model.activations(pixels.to(device))
-            fresh = {k: [a[row] for a in computed] for row, k in enumerate(missing)}
-        budget = self.config.feature_cache_mb * 2**20
-        for key, tensors in fresh.items():
-            size = sum(t.numel() * t.element_size() for t in tensors)
-            if self._feature_bytes + size <= budget:
-                self._feature_cache[key] = [t.clone() for t in tensors]
-                self._feature_bytes += size
-        table = {**self._feature_cache, **fresh}
-        depth = len(model.config.decoder.extract_layers)
-        return [torch.stack([table[k][d] for k in keys]) for d in range(depth)]
+            return [[a[row] for a in computed] for row in range(len(missing))]
+
+        return self._features_memo.stacked(keys, compute)
 
     def loss(self, model: CLIPSeg, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         target = batch["mask"]

@@ -9,7 +9,7 @@ In stage 2 everything before the decoder is frozen and deterministic (no dropout
 the stage-1 parts hold no batch statistics), so its outputs (grounding logits and decoder
 taps) are pure functions of the expression: the task memoises them per expression
 (``feature_cache_mb``) and after the first epoch a step costs only the decoder. The cache
-changes no number, only the time (``tests/test_risclip_task.py`` checks equal losses).
+changes no number, only the time (``tests/test_risclip.py`` checks equal losses).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from refseg.risclip.io import load_state, read_risclip, save_risclip
 from refseg.risclip.losses import risclip_loss
 from refseg.risclip.model import Risclip
 from refseg.train.loop import TaskBase
+from refseg.train.memo import FrozenMemo
 
 
 @dataclass(frozen=True)
@@ -95,8 +96,7 @@ class RisclipTask(TaskBase):
         self.model_config = model_config
         self._clip = clip
         self._last_scores: dict[str, float] | None = None
-        self._frozen_cache: dict[int, tuple[torch.Tensor, ...]] = {}
-        self._frozen_bytes = 0
+        self._frozen = FrozenMemo(config.feature_cache_mb)
 
     @cached_property
     def clip(self) -> LoadedClip:
@@ -160,25 +160,17 @@ class RisclipTask(TaskBase):
         """Stage 2: grounding logits and decoder taps of the frozen stage-1 model, memoised
         per expression (``sent_id``) within ``feature_cache_mb``."""
         keys = [int(k) for k in batch["sent_id"]]
-        missing = [i for i, k in enumerate(keys) if k not in self._frozen_cache]
-        fresh: dict[int, tuple[torch.Tensor, ...]] = {}
-        if missing:
-            rows = torch.tensor(missing)
+
+        def compute(missing: list[int]) -> list[tuple[torch.Tensor, ...]]:
+            rows = torch.tensor([keys.index(k) for k in missing])
             with torch.no_grad():
                 patch_logits, taps = model.forward_patches(
                     batch["pixels"][rows], batch["tokens"][rows]
                 )
-            for j, i in enumerate(missing):
-                fresh[keys[i]] = (patch_logits[j], *(t[j] for t in taps))
-        budget = self.config.feature_cache_mb * 2**20
-        for key, tensors in fresh.items():
-            size = sum(t.numel() * t.element_size() for t in tensors)
-            if self._frozen_bytes + size <= budget:
-                self._frozen_cache[key] = tuple(t.clone() for t in tensors)
-                self._frozen_bytes += size
-        table = {**self._frozen_cache, **fresh}
-        stacked = [torch.stack([table[k][d] for k in keys]) for d in range(5)]
-        return stacked[0], stacked[1:]
+            return [(patch_logits[j], *(t[j] for t in taps)) for j in range(len(missing))]
+
+        patch_logits, *taps = self._frozen.stacked(keys, compute)
+        return patch_logits, taps
 
     def optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         params = [p for p in model.parameters() if p.requires_grad]
