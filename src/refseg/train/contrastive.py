@@ -603,14 +603,10 @@ class ContrastiveTask(TaskBase):
         return preset_config(self.config.preset, self.config.vocab_size, 1).vision.image_size
 
     def _prepare(self) -> None:
-        """Render the training pool (or set up fresh pairs) and train the tokenizer on the
-        captions, or take ``config.init``'s (once)."""
+        """Render the training pool (or set up fresh pairs) and the tokenizer (once)."""
         if self.pool is not None or self.fresh is not None:
             return
-        from refseg.data.shapes.words import caption_vocabulary
-
         config = self.config
-        initial = self._initial()
         if config.on_the_fly:
             self.fresh = FreshPairs(
                 config.seed,
@@ -620,24 +616,25 @@ class ContrastiveTask(TaskBase):
                 positions=config.positions,
                 crop_fraction=config.crop_fraction,
             )
-            if initial is not None:
-                self.tokenizer = initial.tokenizer
-            else:
-                corpus = [*caption_vocabulary(), *self.fresh.texts(TOKENIZER_CORPUS_PAIRS)]
-                self.tokenizer = ClipTokenizer(
-                    train_bpe(corpus, config.vocab_size), config.context_length
-                )
+            self.tokenizer = self._tokenizer(self.fresh.texts(TOKENIZER_CORPUS_PAIRS))
             return
         pool = render_pool(
             self.pair_source, config.seed, config.pool_pairs, self.image_size, self.progress
         )
-        if initial is not None:
-            self.tokenizer = initial.tokenizer
-        else:
-            bpe = train_bpe([*caption_vocabulary(), *pool.captions], config.vocab_size)
-            self.tokenizer = ClipTokenizer(bpe, config.context_length)
+        self.tokenizer = self._tokenizer(pool.captions)
         pool.tokens = self.tokenizer(pool.captions)
         self.pool = pool
+
+    def _tokenizer(self, captions: Iterable[str]) -> ClipTokenizer:
+        """``config.init``'s tokenizer (its ids must keep their meaning), else a BPE trained
+        on the caption vocabulary and ``captions`` (read only then)."""
+        initial = self._initial()
+        if initial is not None:
+            return initial.tokenizer
+        from refseg.data.shapes.words import caption_vocabulary
+
+        bpe = train_bpe([*caption_vocabulary(), *captions], self.config.vocab_size)
+        return ClipTokenizer(bpe, self.config.context_length)
 
     def _initial(self) -> LoadedClip | None:
         """The CLIP of ``config.init`` on the CPU (loaded once), checked to be the preset's
@@ -675,11 +672,11 @@ class ContrastiveTask(TaskBase):
         return preset_config(config.preset, self.tokenizer.vocab_size, config.context_length)
 
     def build_model(self) -> CLIP:
-        if self._initial() is not None:
-            model = CLIP(self.model_config())
-            model.load_state_dict(self._init.model.state_dict())
-            return model
-        return CLIP(self.model_config())
+        model = CLIP(self.model_config())
+        initial = self._initial()
+        if initial is not None:
+            model.load_state_dict(initial.model.state_dict())
+        return model
 
     def collate(self, samples: list[int] | list[FreshSample]) -> ContrastiveBatch:
         if self.fresh is not None:
