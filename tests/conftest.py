@@ -51,6 +51,16 @@ torch.set_num_threads(1)
 os.environ.setdefault("REFSEG_CACHE_DIR", tempfile.mkdtemp(prefix="refseg-test-cache-"))
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models run far faster on one thread on a shared, busy machine (modules opt in
+    with ``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def auto_backend_is_torch(monkeypatch):
     """``backend="auto"`` (the default) runs torch, as where ONNX Runtime is not installed

@@ -6,20 +6,13 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from refseg.cli import main
 from refseg.eval.runner import Shard
 from support.ranks import run_ranks
 from test_eval_runner import write_refer_dataset
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _eval(rank: int, args: list[str]) -> None:

@@ -20,13 +20,7 @@ from support.ranks import run_ranks
 from support.tiny_train import TinyRegression
 from test_train import stand_in_pairs
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def loop(out: Path, **options) -> LoopConfig:

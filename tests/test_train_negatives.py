@@ -33,28 +33,21 @@ from test_train_loop import max_diff, save_final, without_key_biases
 GOLDEN = Path(__file__).parent / "golden" / "clip_default_losses.json"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def negclip_config(**overrides) -> ContrastiveConfig:
+    """:func:`test_train.tiny_config` on fresh pairs with hard negatives."""
     options = dict(
-        preset="tiny-vit",
         steps=3,
-        batch_size=8,
-        lr=2e-3,
-        warmup_steps=0,
         held_out_size=8,
+        pool_size=None,
         on_the_fly=True,
         positions=True,
         negatives=3,
         crop_fraction=0.25,
     )
-    return ContrastiveConfig(**{**options, **overrides})
+    return tiny_config(**{**options, **overrides})
 
 
 def negclip_task(**overrides) -> ContrastiveTask:
