@@ -172,8 +172,7 @@ def dense_section(work: Path, test: ReferDataset) -> list[str]:
     threshold = clipseg.config.threshold
     text = evaluate_dense(work, "clipseg")
     rows.append((f"CLIPSeg, text prompt (clipseg-shapes, p > {threshold:g})", text))
-    dataset = ReferDataset(work, "shapesref", "test")
-    visual = clipseg_prompts(clipseg, dataset, visual=True)
+    visual = clipseg_prompts(clipseg, test, visual=True)
     rows.append(
         (
             f"CLIPSeg, one-shot visual prompt ({visual['n_expressions']} expressions whose "
@@ -181,7 +180,7 @@ def dense_section(work: Path, test: ReferDataset) -> list[str]:
             {"metrics": visual},
         )
     )
-    control = clipseg_prompts(clipseg, dataset, visual=False, control=True)
+    control = clipseg_prompts(clipseg, test, visual=False, control=True)
     rows.append(("control: CLIPSeg given another object's expression", {"metrics": control}))
     risclip = evaluate_dense(work, "risclip")
     rows.append(("RISCLIP (risclip-shapes)", risclip))
