@@ -118,13 +118,44 @@ def test_text_longer_than_context_is_rejected(tiny_clip):
 
 
 def _count_block_calls(visual):
-    """Forward hooks on every block recording the batch size of each call."""
+    """Hooks on every block recording the batch size of each full or first-token call."""
     calls: dict[int, list[int]] = {i: [] for i in range(visual.num_blocks)}
     handles = [
         block.register_forward_hook(lambda _m, args, _o, i=i: calls[i].append(args[0].shape[0]))
         for i, block in enumerate(visual.transformer.resblocks)
     ]
+    for i, block in enumerate(visual.transformer.resblocks):
+        first_token = block.forward_first_token
+
+        def counted(x, i=i, first_token=first_token):
+            calls[i].append(x.shape[0])
+            return first_token(x)
+
+        block.forward_first_token = counted
+        handles.append(_Restore(block, "forward_first_token"))
     return calls, handles
+
+
+class _Restore:
+    """A handle whose ``remove()`` drops an instance attribute that shadows a method."""
+
+    def __init__(self, owner, name: str) -> None:
+        self.owner, self.name = owner, name
+
+    def remove(self) -> None:
+        delattr(self.owner, self.name)
+
+
+def test_first_token_forward_equals_the_full_block_first_row(tiny_clip):
+    block = tiny_clip.visual.transformer.resblocks[-1]
+    torch.manual_seed(7)
+    x = torch.randn(3, 17, block.ln_1.normalized_shape[0])
+    with torch.inference_mode():
+        full = block(x)[:, :1]
+        first = block.forward_first_token(x)
+    assert first.shape == (3, 1, x.shape[-1])
+    assert torch.allclose(first, full, atol=1e-6)
+    assert not torch.allclose(first, block(x)[:, 1:2], atol=1e-3)  # it is the first row
 
 
 @pytest.fixture
