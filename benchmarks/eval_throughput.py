@@ -56,8 +56,9 @@ from refseg.text import PhraseExtractor
 REFERENTS_PER_IMAGE = (2, 3)  # alternating: 2.5 on average
 EXPRESSIONS_PER_REFERENT = (3, 3, 3, 3, 2)  # cycling: 2.8 on average
 PROPOSALS_PER_IMAGE = 30
-# The reference code's numerics: all of an image's crops in one batch, torch's default matmul.
-REFERENCE_RUNTIME = {"chunk": 64, "matmul": "default", "backend": "torch"}
+# The reference code's numerics: all of an image's crops in one batch, torch's default matmul,
+# and its global branch: every token of every masked ViT block, one attention pooling per mask.
+REFERENCE_RUNTIME = {"chunk": 64, "matmul": "default", "backend": "torch", "global_branch": "full"}
 IMAGE_SIZES = ((480, 640), (427, 640), (640, 480), (375, 500))
 SWEEP = [{"alpha": a} for a in (0.5, 0.85, 0.95, 1.0)]
 

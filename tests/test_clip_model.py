@@ -127,9 +127,9 @@ def _count_block_calls(visual):
     for i, block in enumerate(visual.transformer.resblocks):
         first_token = block.forward_first_token
 
-        def counted(x, i=i, first_token=first_token):
+        def counted(x, *args, i=i, first_token=first_token):
             calls[i].append(x.shape[0])
-            return first_token(x)
+            return first_token(x, *args)
 
         block.forward_first_token = counted
         handles.append(_Restore(block, "forward_first_token"))
@@ -201,18 +201,34 @@ def test_batched_masks_equal_single_mask_calls(tiny_clip, image):
     assert not torch.allclose(batched[0], batched[1])
 
 
-def test_masked_forward_matches_step_by_step_reference(tiny_clip, image):
-    """Patch tokens (not CLS) scaled before *each* of the last k blocks."""
+def _sparse_weights(num: int, seed: int) -> torch.Tensor:
+    """Soft weights ``[num, 4, 4]`` with 0..16 non-zero patches: empty, full and in between."""
+    generator = torch.Generator().manual_seed(seed)
+    weights = torch.rand(num, 16, generator=generator)
+    for i in range(num):
+        weights[i, torch.randperm(16, generator=generator)[: (i * 5) % 17]] = 0.0
+    weights[0] = 0.0
+    weights[-1] = torch.rand(16, generator=generator) + 0.1
+    return weights.reshape(num, 4, 4)
+
+
+@pytest.mark.parametrize("weights", [torch.rand(1, 4, 4), _sparse_weights(37, 11)],
+                         ids=["dense", "sparse"])
+@pytest.mark.parametrize("k", [1, 2])
+def test_masked_forward_matches_step_by_step_reference(tiny_clip, image, weights, k):
+    """Patch tokens (not CLS) scaled before *each* of the last k blocks, every token computed;
+    zero-weight patches (folded into one token) and the first-token last block change nothing."""
     visual = tiny_clip.visual
-    torch.manual_seed(6)
-    weights = torch.rand(1, 4, 4)
+    num, start = weights.shape[0], visual.num_blocks - k
     with torch.inference_mode():
-        x = visual.run_blocks(visual.embed(image), 0, 1)
-        for block in visual.transformer.resblocks[1:]:
-            x = torch.cat([x[:, :1], x[:, 1:] * weights.reshape(1, 16, 1)], dim=1)
+        x = visual.run_blocks(visual.embed(image), 0, start).expand(num, -1, -1)
+        for block in visual.transformer.resblocks[start:]:
+            x = torch.cat([x[:, :1], x[:, 1:] * weights.reshape(num, 16, 1)], dim=1)
             x = block(x)
         expected = visual.head(x)
-        assert torch.allclose(visual.forward_masked(image, weights, 2), expected, atol=1e-6)
+        got = visual.forward_masked(image, weights, k)
+    assert got.shape == expected.shape
+    assert torch.allclose(got, expected, atol=1e-5), (got - expected).abs().max()
 
 
 def test_zero_mask_changes_the_embedding(tiny_clip, image):

@@ -44,10 +44,17 @@ def _scores(loaded: LoadedClip, **settings: object) -> np.ndarray:
 
 @pytest.mark.parametrize("chunk", [1, 3])
 @pytest.mark.parametrize("matmul", ["default", "onednn"])
-def test_exact_options_equal_eager_scores(loaded, chunk, matmul):
-    eager = _scores(loaded, chunk=64, matmul="default")  # the reference: one batch, default
-    fast = _scores(loaded, chunk=chunk, matmul=matmul)
+@pytest.mark.parametrize("global_branch", ["factored", "full"])
+def test_exact_options_equal_eager_scores(loaded, chunk, matmul, global_branch):
+    # The reference: one batch, default matmul, every token of the global branch computed.
+    eager = _scores(loaded, chunk=64, matmul="default", global_branch="full")
+    fast = _scores(loaded, chunk=chunk, matmul=matmul, global_branch=global_branch)
     np.testing.assert_allclose(fast, eager, atol=1e-5, rtol=0)
+
+
+def test_unknown_global_branch_is_refused():
+    with pytest.raises(ValueError, match="global_branch"):
+        runtime.RuntimeSettings(global_branch="sparse")
 
 
 def test_tuned_chunks_equal_eager_scores_and_settle(loaded, monkeypatch, tmp_path):

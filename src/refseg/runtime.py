@@ -47,6 +47,10 @@ from refseg.fileio import write_atomic
 PRECISIONS = ("fp32", "bf16")
 BACKENDS = ("auto", "torch", "onnx")
 MATMUL_PATHS = ("default", "onednn")
+# "factored": exact shortcuts in the global branch (ViT: zero-weight patches folded, class token
+# only in the last block; RN: pooling projections once per map); "full": every token of every
+# masked block and one pooling per mask, as the reference code computes them (benchmarks).
+GLOBAL_BRANCHES = ("factored", "full")
 # Crop chunk sizes tried by the tuner; the reference encodes all crops in one batch.
 CHUNK_CANDIDATES = (1, 2, 4, 8, 16, 32)
 DEFAULT_CHUNK = 64  # used when tuning is off
@@ -74,6 +78,7 @@ class RuntimeSettings:
     # "torch", "onnx" (both towers through ONNX Runtime, fp32) or "auto": per tower, the
     # faster exact one installed, measured on the first real batch (choose_backend)
     backend: str = "auto"
+    global_branch: str = "factored"  # see GLOBAL_BRANCHES
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -84,6 +89,10 @@ class RuntimeSettings:
             raise ValueError(f"precision must be one of {PRECISIONS}; got {self.precision!r}")
         if self.chunk is not None and self.chunk < 1:
             raise ValueError(f"chunk must be >= 1; got {self.chunk}")
+        if self.global_branch not in GLOBAL_BRANCHES:
+            raise ValueError(
+                f"global_branch must be one of {GLOBAL_BRANCHES}; got {self.global_branch!r}"
+            )
         if self.matmul is not None and self.matmul not in MATMUL_PATHS:
             raise ValueError(f"matmul must be one of {MATMUL_PATHS}; got {self.matmul!r}")
 

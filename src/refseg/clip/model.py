@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from refseg.clip.config import CLIPConfig, TextConfig, VisionConfig
+from refseg.clip.masked_tokens import compact_tokens, mask_groups
 
 
 class LayerNorm(nn.LayerNorm):
@@ -79,14 +80,18 @@ class SelfAttention(nn.Module):
         )
         return self.out_proj(out.transpose(1, 2).reshape(batch, length, width))
 
-    def first_query(self, x: torch.Tensor) -> torch.Tensor:
+    def first_query(
+        self, x: torch.Tensor, key_bias: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The first token's output only, ``[B, L, C] -> [B, 1, C]``: every key and value, one
-        query, for a third of the projections when the other tokens' outputs are unused."""
+        query, for a third of the projections when the other tokens' outputs are unused.
+        ``key_bias [L]`` is added to the logits of each key."""
         batch, _, width = x.shape
         q = F.linear(x[:, :1], self.in_proj_weight[:width], self.in_proj_bias[:width])
         k, v = F.linear(x, self.in_proj_weight[width:], self.in_proj_bias[width:]).chunk(2, dim=-1)
+        mask = None if key_bias is None else key_bias.to(x.dtype)[None]  # [1, L]
         out = F.scaled_dot_product_attention(
-            self._split_heads(q), self._split_heads(k), self._split_heads(v)
+            self._split_heads(q), self._split_heads(k), self._split_heads(v), attn_mask=mask
         )
         return self.out_proj(out.transpose(1, 2).reshape(batch, 1, width))
 
@@ -115,11 +120,13 @@ class ResidualAttentionBlock(nn.Module):
         x = x + self.attn(self.ln_1(x), attn_mask)
         return x + self.mlp(self.ln_2(x))
 
-    def forward_first_token(self, x: torch.Tensor) -> torch.Tensor:
-        """:meth:`forward`'s first token only, ``[B, L, C] -> [B, 1, C]`` (no attention mask):
-        a final block whose other outputs are discarded costs 2/12 of its full work per token
-        (keys and values) instead of 12/12."""
-        first = x[:, :1] + self.attn.first_query(self.ln_1(x))
+    def forward_first_token(
+        self, x: torch.Tensor, key_bias: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """:meth:`forward`'s first token only, ``[B, L, C] -> [B, 1, C]``: a final block whose
+        other outputs are discarded costs 2/12 of its full work per token (keys and values)
+        instead of 12/12. ``key_bias [L]``: additive logits per key, as in :meth:`forward`."""
+        first = x[:, :1] + self.attn.first_query(self.ln_1(x), key_bias)
         return first + self.mlp(self.ln_2(first))
 
     def forward_value_only(self, x: torch.Tensor) -> torch.Tensor:
@@ -219,19 +226,24 @@ class VisionTransformer(nn.Module):
     def patch_grid(self, pixels: torch.Tensor) -> tuple[int, int]:
         return pixels.shape[-2] // self.patch_size, pixels.shape[-1] // self.patch_size
 
-    def forward_masked(self, pixels: torch.Tensor, weights: torch.Tensor, k: int) -> torch.Tensor:
+    def forward_masked(
+        self, pixels: torch.Tensor, weights: torch.Tensor, k: int, *, factored: bool = True
+    ) -> torch.Tensor:
         """Global-context embeddings of N masks over one image (Global-Local CLIP, ViT path).
 
         Blocks ``0 .. L-k-1`` run once on the image; before each of the last ``k`` blocks the
         patch tokens are multiplied by the mask weights (the class token is left alone), the
         batch growing from 1 to N at the first masked block. No attention mask: zeroed tokens
-        still take part in attention, as in the reference.
+        still take part in attention, as in the reference (computed as one token each, see
+        :mod:`refseg.clip.masked_tokens`; only the class token of the last block is computed).
 
         Args:
             pixels: ``[1, 3, H, W]`` one preprocessed image.
             weights: ``[N, h, w]`` soft mask weights on the patch grid (see
                 :func:`refseg.masks.soft_resize`).
             k: number of masked final blocks, ``1 <= k <= L``.
+            factored: compute as described (``False``: every token of every masked block for
+                every mask, the reference's way; the same numbers, more work).
 
         Returns:
             ``[N, D]`` embeddings (not normalised).
@@ -241,24 +253,32 @@ class VisionTransformer(nn.Module):
         if not 1 <= k <= self.num_blocks:
             raise ValueError(f"k must be in 1..{self.num_blocks}; got {k}")
         tokens = self.run_blocks(self.embed(pixels), 0, self.num_blocks - k)
-        return self.forward_masked_from(tokens, weights, k)
+        return self.forward_masked_from(tokens, weights, k, factored=factored)
 
     def forward_masked_from(
-        self, tokens: torch.Tensor, weights: torch.Tensor, k: int
+        self, tokens: torch.Tensor, weights: torch.Tensor, k: int, *, factored: bool = True
     ) -> torch.Tensor:
         """The masked last-k part of :meth:`forward_masked`, from trunk tokens ``[1, L, C]``."""
-        num = weights.shape[0]
         flat = weights.flatten(1).to(tokens.dtype)  # [N, h*w]; N may be 0
         if flat.shape[1] != tokens.shape[1] - 1:
             raise ValueError(
                 f"mask weights cover {flat.shape[1]} patches; the image has {tokens.shape[1] - 1}"
             )
-        scale = torch.cat([flat.new_ones(num, 1), flat], dim=1)[..., None]  # [N, L, 1]
-        x = tokens.expand(num, -1, -1)
+        if not factored:
+            scale = torch.cat([flat.new_ones(flat.shape[0], 1), flat], dim=1)[..., None]
+            x = tokens.expand(flat.shape[0], -1, -1)
+            for block in self.transformer.resblocks[self.num_blocks - k :]:
+                x = block(x * scale)
+            return self.head(x)
+        out = tokens.new_empty(flat.shape[0], self.proj.shape[1])
         *blocks, last = self.transformer.resblocks[self.num_blocks - k :]
-        for block in blocks:
-            x = block(x * scale)
-        return self.head(last.forward_first_token(x * scale))  # only the class token is read
+        for group in mask_groups(flat):  # zero-weight patches folded into one token each
+            x, scale, key_bias = compact_tokens(tokens, flat[group])
+            logits = key_bias[None].expand(x.shape[1], -1)  # [L, L], the same for every query
+            for block in blocks:
+                x = block(x * scale, logits)
+            out[group] = self.head(last.forward_first_token(x * scale, key_bias))
+        return out
 
     def block_outputs(self, pixels: torch.Tensor, indices: Sequence[int]) -> list[torch.Tensor]:
         """Token states ``[B, L, C]`` after each block in ``indices`` (0-based), in that order."""

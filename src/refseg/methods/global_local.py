@@ -58,12 +58,17 @@ class GlobalLocalConfig:
 
 
 def vit_global_features(
-    visual: VisionTransformer, trunk: torch.Tensor, masks: torch.Tensor, k: int
+    visual: VisionTransformer,
+    trunk: torch.Tensor,
+    masks: torch.Tensor,
+    k: int,
+    factored: bool = True,
 ) -> torch.Tensor:
-    """f^G for ViT: ``masks [N, H, W]`` (any resolution) -> ``[N, D]`` raw embeddings."""
+    """f^G for ViT: ``masks [N, H, W]`` (any resolution) -> ``[N, D]`` raw embeddings.
+    ``factored=False`` computes every token, as the reference does (same numbers)."""
     grid = round((trunk.shape[1] - 1) ** 0.5)
     weights = soft_resize(masks, (grid, grid)).to(trunk.device)
-    return visual.forward_masked_from(trunk, weights, k)
+    return visual.forward_masked_from(trunk, weights, k, factored=factored)
 
 
 def rn_trunk(
@@ -75,14 +80,17 @@ def rn_trunk(
 
 
 def rn_global_features(
-    visual: ModifiedResNet, trunk: torch.Tensor, masks: torch.Tensor
+    visual: ModifiedResNet, trunk: torch.Tensor, masks: torch.Tensor, factored: bool = True
 ) -> torch.Tensor:
     """f^G for ResNets: the map times each soft mask, then CLIP's attention pooling.
 
     The pooling query is the mean over all positions, zeros included, and no attention mask
-    is used (as in the reference). ``masks [N, H, W]`` -> ``[N, D]``.
+    is used (as in the reference). ``masks [N, H, W]`` -> ``[N, D]``. ``factored=False``
+    pools each masked map separately, as the reference does (same numbers).
     """
     weights = soft_resize(masks, trunk.shape[-2:]).to(device=trunk.device, dtype=trunk.dtype)
+    if not factored:
+        return visual.attnpool(trunk * weights[:, None])
     return visual.attnpool.forward_weighted(trunk, weights)
 
 

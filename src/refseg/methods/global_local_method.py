@@ -50,18 +50,19 @@ def global_features(
     """f^G ``[N, D]`` for the context's proposals (cached per k / per RN normalisation)."""
     visual = clip.model.visual
     masks = torch.from_numpy(context.proposals.masks)
+    factored = settings().global_branch == "factored"
     if is_vit(clip.model):
         k = min(params.k, visual.num_blocks)
         trunk = vit_tokens_after(clip, context, visual.num_blocks - k)
         return context.cached(
-            ("global", k), lambda: vit_global_features(visual, trunk, masks, k), "global"
+            ("global", k), lambda: vit_global_features(visual, trunk, masks, k, factored), "global"
         )
     norm = params.normalize_positions
     trunk = context.cached(
         ("rn-trunk", norm), lambda: rn_trunk(visual, clip.to_model(context.pixels), norm), "trunk"
     )
     return context.cached(
-        ("global", norm), lambda: rn_global_features(visual, trunk, masks), "global"
+        ("global", norm), lambda: rn_global_features(visual, trunk, masks, factored), "global"
     )
 
 
