@@ -1,14 +1,16 @@
-"""SAM automatic mask generation on transformers' ``SamModel``.
+"""SAM-family automatic mask generation on transformers' ``SamModel`` and ``Sam2Model``.
 
-Prompt SAM with a regular grid of points, keep the confident and stable masks, and remove
-duplicates with box NMS (Kirillov et al., "Segment Anything", ICCV 2023, Sec. 7.1 and the
-``SamAutomaticMaskGenerator`` of facebookresearch/segment-anything). The image is encoded
-once; the points go through the prompt encoder and mask decoder in batches.
+Prompt the model with a regular grid of points, keep the confident and stable masks, and
+remove duplicates with box NMS (Kirillov et al., "Segment Anything", ICCV 2023, Sec. 7.1 and
+the ``SamAutomaticMaskGenerator`` of facebookresearch/segment-anything; SAM 2's
+``SAM2AutomaticMaskGenerator`` is the same procedure). The image is encoded once; the points
+go through the prompt encoder and mask decoder in batches. One loop serves SAM, SlimSAM and
+SAM 2 (image model): what differs, the input geometry and the model class, is in
+:mod:`refseg.proposals.sam_family` and :mod:`refseg.proposals.sam_input`.
 
 transformers is imported only when a model is loaded (``pip install refseg[sam]``), so
-``import refseg.proposals`` stays light. The preprocessing is our own (transformers' default
-SAM image processor needs torchvision): resize the longest side to the model's input size,
-normalise, pad bottom/right; low-resolution logits go back through the same steps reversed.
+``import refseg.proposals`` stays light. The preprocessing is our own (transformers' image
+processors need torchvision).
 """
 
 from __future__ import annotations
@@ -32,10 +34,8 @@ from refseg.errors import (
     CheckpointFormatError,
     CheckpointNotFoundError,
     InputError,
-    RefsegError,
 )
 from refseg.image_io import load_image
-from refseg.masks import soft_resize
 from refseg.proposals.amg import (
     box_nms,
     masks_to_boxes,
@@ -44,11 +44,27 @@ from refseg.proposals.amg import (
     stability_score,
 )
 from refseg.proposals.base import MaskProposals, register_proposals
+from refseg.proposals.sam_family import (
+    FAMILIES,
+    SamFamily,
+    family_for_model_type,
+    family_of,
+    input_transform,
+    require_transformers,
+)
+from refseg.proposals.sam_input import (  # noqa: F401  (SamInputTransform: public here too)
+    SAM_PIXEL_MEAN,
+    SAM_PIXEL_STD,
+    InputTransform,
+    SamInputTransform,
+    longest_side_size,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from transformers import SamModel
+    from transformers import Sam2Model, SamModel
 
-# Names a user can type -> Hugging Face Hub repositories (transformers format).
+# Names a user can type -> Hugging Face Hub repositories (transformers format). The CLI's
+# help texts (refseg.commands.options) list the same names; a test keeps them in step.
 SAM_CHECKPOINTS: dict[str, str] = {
     "sam-vit-base": "facebook/sam-vit-base",
     "sam-vit-large": "facebook/sam-vit-large",
@@ -57,13 +73,14 @@ SAM_CHECKPOINTS: dict[str, str] = {
     # code (Hub repos with config.json, model.safetensors, preprocessor_config.json).
     "slimsam-77": "Zigeng/SlimSAM-uniform-77",
     "slimsam-50": "Zigeng/SlimSAM-uniform-50",
+    # SAM 2.1 image models (Ravi et al. 2024), transformers weights in Meta's repos (config
+    # model_type sam2_video; Sam2Model reads the image part). transformers documents
+    # Sam2Config's defaults as facebook/sam2.1-hiera-tiny's.
+    "sam2.1-hiera-tiny": "facebook/sam2.1-hiera-tiny",
+    "sam2.1-hiera-small": "facebook/sam2.1-hiera-small",
+    "sam2.1-hiera-base-plus": "facebook/sam2.1-hiera-base-plus",
+    "sam2.1-hiera-large": "facebook/sam2.1-hiera-large",
 }
-
-# SAM normalises with the ImageNet statistics (segment-anything ``modeling/sam.py``:
-# pixel_mean 123.675, 116.28, 103.53 and pixel_std 58.395, 57.12, 57.375 on 0-255), here on
-# the 0-1 scale as in the Hub repos' ``preprocessor_config.json``.
-SAM_PIXEL_MEAN = (0.485, 0.456, 0.406)
-SAM_PIXEL_STD = (0.229, 0.224, 0.225)
 
 # Files fetched from the Hub: configs and safetensors weights (not the duplicate .bin/.h5).
 _HUB_PATTERNS = ["*.json", "*.safetensors"]
@@ -71,6 +88,8 @@ _HUB_FALLBACK_PATTERNS = ["*.json", "pytorch_model*.bin"]
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # Masks upscaled at a time: bounds the float buffer at chunk x input_size² values.
 _UPSCALE_CHUNK = 32
+# What the vision encoder returns: one map (SAM) or a list of maps (SAM 2).
+Embeddings = torch.Tensor | list[torch.Tensor]
 
 
 @dataclass
@@ -82,7 +101,9 @@ class SamProposalConfig:
     stability_score_thresh=0.95, stability_score_offset=1.0, box_nms_thresh=0.7,
     min_mask_region_area=0) and ``Sam.mask_threshold=0.0``; ``max_proposals=100`` follows
     the paper's proposal budget (SPEC: up to 100 masks). One crop layer only (SAM's default
-    ``crop_n_layers=0``): no multi-crop zoom-in.
+    ``crop_n_layers=0``): no multi-crop zoom-in. A SAM 2 generator built without a config
+    starts from SAM 2's ``SAM2AutomaticMaskGenerator`` defaults instead (the same but
+    pred_iou_thresh=0.8; :data:`refseg.proposals.sam_family.SAM2`).
 
     Attributes:
         points_per_side: the prompt grid is ``points_per_side`` x ``points_per_side``.
@@ -128,63 +149,6 @@ class SamProposalConfig:
             raise InputError(f"max_proposals must be >= 1 or None; got {self.max_proposals}")
 
 
-@dataclass(frozen=True)
-class SamInputTransform:
-    """SAM's input geometry: longest side resized to ``input_size``, padded to a square.
-
-    Attributes:
-        input_size: side of the square the vision encoder takes (1024 for released SAMs).
-        pixel_mean, pixel_std: RGB normalisation on the 0-1 scale.
-    """
-
-    input_size: int = 1024
-    pixel_mean: tuple[float, ...] = SAM_PIXEL_MEAN
-    pixel_std: tuple[float, ...] = SAM_PIXEL_STD
-
-    def resized_size(self, height: int, width: int) -> tuple[int, int]:
-        """``(h, w)`` of the image inside the padded input (longest side = input_size)."""
-        scale = self.input_size / max(height, width)
-        return max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
-
-    def pixel_values(self, image: Image.Image) -> torch.Tensor:
-        """``float32 [1, 3, S, S]`` normalised, zero-padded input for an RGB image."""
-        height, width = image.height, image.width
-        new_h, new_w = self.resized_size(height, width)
-        resized = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
-        pixels = torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0)
-        mean = torch.tensor(self.pixel_mean, dtype=torch.float32)
-        std = torch.tensor(self.pixel_std, dtype=torch.float32)
-        normalised = ((pixels - mean) / std).permute(2, 0, 1)  # [3, h, w]
-        padded = torch.zeros((1, 3, self.input_size, self.input_size), dtype=torch.float32)
-        padded[0, :, :new_h, :new_w] = normalised
-        return padded
-
-    def points_to_input(self, points: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        """Map ``float [N, 2]`` ``(x, y)`` image pixels to the resized input's pixels."""
-        new_h, new_w = self.resized_size(height, width)
-        scale = torch.tensor([new_w / width, new_h / height], dtype=points.dtype)
-        return points * scale.to(points.device)
-
-    def logits_to_image(
-        self, logits: torch.Tensor, image_size: tuple[int, int], out_size: tuple[int, int]
-    ) -> torch.Tensor:
-        """Low-resolution mask logits back onto the image.
-
-        Upscale to the padded input, crop the padding, resize to ``out_size``.
-
-        Args:
-            logits: ``float [N, h, w]`` decoder output (256x256 for released SAMs).
-            image_size: ``(height, width)`` of the original image.
-            out_size: ``(height, width)`` to return; usually ``image_size``.
-
-        Returns:
-            ``float32 [N, *out_size]`` logits.
-        """
-        new_h, new_w = self.resized_size(*image_size)
-        full = soft_resize(logits, (self.input_size, self.input_size))
-        return soft_resize(full[:, :new_h, :new_w], out_size)
-
-
 @dataclass
 class ProposalStats:
     """How many masks survived each step for one image (diagnostics and tests)."""
@@ -214,18 +178,21 @@ class _Candidates:
 
 @register_proposals("sam")
 class SamProposals:
-    """Class-agnostic mask proposals from SAM prompted with a point grid.
+    """Class-agnostic mask proposals from a SAM-family model prompted with a point grid.
 
     Args:
-        model: ``"sam-vit-base"``, ``"sam-vit-large"``, ``"sam-vit-huge"`` (downloaded from
-            ``facebook/sam-vit-*`` into the Hugging Face cache), another Hub repo id, a
-            directory written by ``SamModel.save_pretrained``, or a ``SamModel``.
-        device: where to run; default CUDA if available, else CPU (a given ``SamModel``
-            stays where it is unless ``device`` is set).
-        config: generation settings; keyword ``overrides`` replace single fields.
+        model: a name in :data:`SAM_CHECKPOINTS` (``"sam-vit-base"``, ``"slimsam-77"``,
+            ``"sam2.1-hiera-tiny"``, ...; downloaded into the Hugging Face cache on first
+            use), another Hub repo id, a directory written by ``save_pretrained`` of a
+            ``SamModel`` or ``Sam2Model`` (or a ``sam2_video`` checkpoint), or such a model.
+        device: where to run; default CUDA if available, else CPU (a given model stays
+            where it is unless ``device`` is set).
+        config: generation settings (default: the model family's reference defaults, see
+            :class:`SamProposalConfig`); keyword ``overrides`` replace single fields.
         cache_dir: Hugging Face cache to use instead of the default.
 
     Raises:
+        InputError: an unknown option in ``overrides``.
         CheckpointNotFoundError: unknown name, or not cached and cannot be downloaded.
         CheckpointFormatError: the directory is not a readable transformers SAM checkpoint.
         RefsegError: transformers is not installed.
@@ -235,19 +202,27 @@ class SamProposals:
 
     def __init__(
         self,
-        model: str | os.PathLike | SamModel = "sam-vit-base",
+        model: str | os.PathLike | SamModel | Sam2Model = "sam-vit-base",
         *,
         device: str | torch.device | None = None,
         config: SamProposalConfig | None = None,
         cache_dir: str | os.PathLike | None = None,
         **overrides: Any,
     ) -> None:
-        self.config = _with_overrides(config or SamProposalConfig(), overrides)
-        self.model, self.transform = load_sam_model(model, device=device, cache_dir=cache_dir)
+        _with_overrides(config or SamProposalConfig(), overrides)  # bad options: before loading
+        self.model, self.transform, self.family = load_sam_model(
+            model, device=device, cache_dir=cache_dir
+        )
+        base = config or SamProposalConfig(**self.family.amg_defaults)
+        self.config = _with_overrides(base, overrides)
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
 
     def __call__(self, image: Image.Image, *, image_key: Any = None) -> MaskProposals:
         """Proposals for ``image`` (``image_key`` is unused: SAM looks only at pixels)."""
@@ -274,7 +249,7 @@ class SamProposals:
         # input's when the image is larger, which bounds memory for big photos.
         work_size = (height, width)
         if max(height, width) > self.transform.input_size:
-            work_size = self.transform.resized_size(height, width)
+            work_size = longest_side_size(height, width, self.transform.input_size)
 
         kept = _Candidates()
         # Prompt reduction: the union of accepted masks at work_size, and each point's pixel.
@@ -285,7 +260,7 @@ class SamProposals:
         pixel[:, 1].clamp_(0, work_size[0] - 1)
         tuner = None
         if cfg.points_per_batch is None:
-            key = runtime.model_key(self.model, self.device, embeddings.dtype)
+            key = runtime.model_key(self.model, self.device, self.dtype)
             tuner = runtime.chunk_tuner(f"sam-decoder|{key}")
             tuner.start_call(len(prompts))
         start = 0
@@ -324,19 +299,19 @@ class SamProposals:
         proposals = MaskProposals(masks.cpu().numpy(), scores.cpu().numpy())
         return proposals, stats
 
-    def _embed(self, image: Image.Image) -> torch.Tensor:
-        """``[1, C, h, w]`` image embedding from the vision encoder."""
-        dtype = next(self.model.parameters()).dtype
-        pixels = self.transform.pixel_values(image).to(self.device, dtype)
+    def _embed(self, image: Image.Image) -> Embeddings:
+        """The image's embedding from the vision encoder: SAM's ``[1, C, h, w]``, SAM 2's
+        list of feature maps (high resolution first); passed to :meth:`_decode` as is."""
+        pixels = self.transform.pixel_values(image).to(self.device, self.dtype)
         return self.model.get_image_embeddings(pixels)
 
     def _decode(
-        self, embeddings: torch.Tensor, points: torch.Tensor
+        self, embeddings: Embeddings, points: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Three masks per point prompt.
+        """Three masks per point prompt (the same call for SAM and SAM 2).
 
         Args:
-            points: ``float [B, 2]`` ``(x, y)`` in the resized input's pixels.
+            points: ``float [B, 2]`` ``(x, y)`` in the model input frame's pixels.
 
         Returns:
             ``float32 [B*3, h, w]`` low-res logits and ``float32 [B*3]`` predicted IoUs.
@@ -345,7 +320,7 @@ class SamProposals:
         labels = torch.ones((1, count, 1), dtype=torch.long, device=points.device)
         output = self.model(
             image_embeddings=embeddings,
-            input_points=points[None, :, None, :].to(embeddings.dtype),
+            input_points=points[None, :, None, :].to(self.dtype),
             input_labels=labels,
             multimask_output=True,
         )
@@ -438,29 +413,38 @@ def _with_overrides(config: SamProposalConfig, overrides: dict[str, Any]) -> Sam
 
 
 def load_sam_model(
-    model: str | os.PathLike | SamModel,
+    model: str | os.PathLike | SamModel | Sam2Model,
     *,
     device: str | torch.device | None = None,
     cache_dir: str | os.PathLike | None = None,
-) -> tuple[SamModel, SamInputTransform]:
-    """An eval-mode ``SamModel`` and the input geometry/normalisation that goes with it.
+) -> tuple[SamModel | Sam2Model, InputTransform, SamFamily]:
+    """An eval-mode model, its input geometry/normalisation and its family.
 
-    See :class:`SamProposals` for what ``model`` may be and what is raised.
+    The family comes from the model's class, or from ``config.json``'s ``model_type`` for a
+    checkpoint. See :class:`SamProposals` for what ``model`` may be and what is raised.
     """
-    sam_class = _sam_model_class()
-    if isinstance(model, sam_class):
+    require_transformers()  # before any download
+    if isinstance(model, torch.nn.Module):
+        family = family_of(model)
+        if family is None:
+            raise InputError(
+                f"model must be a SAM name, a directory, a SamModel or a Sam2Model; got "
+                f"{type(model).__name__}"
+            )
         loaded, folder = model, None
         if device is not None:
             loaded = loaded.to(device)
     elif isinstance(model, str | os.PathLike):
         folder = resolve_sam_checkpoint(model, cache_dir=cache_dir)
-        loaded = _from_pretrained(sam_class, folder)
+        family = _checkpoint_family(folder)
+        loaded = _from_pretrained(family.model_cls(), folder)
         loaded = loaded.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     else:
         raise InputError(
-            f"model must be a SAM name, a directory or a SamModel; got {type(model).__name__}"
+            "model must be a SAM name, a directory, a SamModel or a Sam2Model; got "
+            f"{type(model).__name__}"
         )
-    return loaded.eval(), _input_transform(loaded, folder)
+    return loaded.eval(), input_transform(loaded, family, folder), family
 
 
 def resolve_sam_checkpoint(
@@ -564,22 +548,37 @@ def _weights_files(folder: Path) -> list[Path]:
     return sorted(folder.glob("*.safetensors")) + sorted(folder.glob("pytorch_model*.bin"))
 
 
-def _check_checkpoint_dir(folder: Path) -> Path:
-    """``folder`` if it holds a SAM config and weights; a clear error otherwise."""
+def _model_type(folder: Path) -> Any:
+    """``model_type`` of ``folder/config.json``; a clear error when there is none."""
     config_file = folder / "config.json"
     if not config_file.is_file():
         raise CheckpointNotFoundError(
             f"no config.json in {folder}; expected a directory written by "
-            "SamModel.save_pretrained (or a name such as 'sam-vit-base')"
+            "SamModel.save_pretrained or Sam2Model.save_pretrained (or a name such as "
+            "'sam-vit-base')"
         )
     try:
-        model_type = json.loads(config_file.read_text()).get("model_type")
+        return json.loads(config_file.read_text()).get("model_type")
     except (OSError, ValueError) as exc:
         raise CheckpointFormatError(f"cannot read {config_file}: {exc}") from None
-    if model_type != "sam":
+
+
+def _checkpoint_family(folder: Path) -> SamFamily:
+    """The SAM family that reads the checkpoint in ``folder``."""
+    model_type = _model_type(folder)
+    family = family_for_model_type(model_type)
+    if family is None:
+        known = ", ".join(repr(t) for f in FAMILIES for t in f.model_types)
         raise CheckpointFormatError(
-            f"{folder} holds a {model_type!r} model, not SAM (config.json model_type 'sam')"
+            f"{folder} holds a {model_type!r} model, not SAM (config.json model_type one of "
+            f"{known})"
         )
+    return family
+
+
+def _check_checkpoint_dir(folder: Path) -> Path:
+    """``folder`` if it holds a SAM-family config and weights; a clear error otherwise."""
+    _checkpoint_family(folder)
     if not _weights_files(folder):
         raise CheckpointNotFoundError(
             f"no weights (*.safetensors or pytorch_model*.bin) in {folder}"
@@ -587,17 +586,7 @@ def _check_checkpoint_dir(folder: Path) -> Path:
     return folder
 
 
-def _sam_model_class() -> type:
-    try:
-        from transformers import SamModel
-    except ImportError as exc:
-        raise RefsegError(
-            f"SAM proposals need transformers ({exc}); install it with `pip install refseg[sam]`"
-        ) from None
-    return SamModel
-
-
-def _from_pretrained(sam_class: type, folder: Path) -> SamModel:
+def _from_pretrained(sam_class: type, folder: Path) -> SamModel | Sam2Model:
     """Load weights strictly: any missing, unexpected or mis-shaped key is an error."""
     try:
         model, info = sam_class.from_pretrained(folder, output_loading_info=True)
@@ -612,22 +601,3 @@ def _from_pretrained(sam_class: type, folder: Path) -> SamModel:
         details = "; ".join(f"{kind}: {keys[:5]}" for kind, keys in problems.items())
         raise CheckpointFormatError(f"SAM checkpoint in {folder} does not match: {details}")
     return model
-
-
-def _input_transform(model: SamModel, folder: Path | None) -> SamInputTransform:
-    """Input size from the model's config; normalisation from preprocessor_config.json."""
-    size = model.config.vision_config.image_size
-    if isinstance(size, list | tuple):
-        if len(set(size)) != 1:
-            raise CheckpointFormatError(f"SAM input must be square; config image_size={size}")
-        size = size[0]
-    mean, std = SAM_PIXEL_MEAN, SAM_PIXEL_STD
-    processor_file = folder / "preprocessor_config.json" if folder is not None else None
-    if processor_file is not None and processor_file.is_file():
-        try:
-            processor = json.loads(processor_file.read_text())
-        except (OSError, ValueError) as exc:
-            raise CheckpointFormatError(f"cannot read {processor_file}: {exc}") from None
-        mean = tuple(float(v) for v in processor.get("image_mean", mean))
-        std = tuple(float(v) for v in processor.get("image_std", std))
-    return SamInputTransform(input_size=int(size), pixel_mean=mean, pixel_std=std)
