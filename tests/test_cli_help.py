@@ -65,6 +65,17 @@ def test_help_lists_the_system_and_method_names() -> None:
         assert name in page
 
 
+def test_help_lists_every_sam_proposal_name() -> None:
+    from refseg.commands.options import SAM_NAMES
+    from refseg.proposals.sam import SAM_CHECKPOINTS
+
+    assert sorted(SAM_NAMES) == sorted(SAM_CHECKPOINTS)
+    for words in ("segment", "eval", "serve"):
+        page = "".join(PAGES[words].format_help().split())  # argparse wraps at hyphens
+        missing = [name for name in SAM_NAMES if name not in page]
+        assert not missing, (words, missing)
+
+
 def test_shard_is_documented_zero_based() -> None:
     page = " ".join(PAGES["eval"].format_help().split())
     assert "0-based" in page and "0/4 .. 3/4" in page

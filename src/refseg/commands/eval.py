@@ -19,6 +19,7 @@ from typing import Any
 
 from refseg.commands.dataset_options import add_dataset_arguments
 from refseg.commands.options import (
+    SAM_NAMES_HELP,
     add_model_options,
     apply_runtime_options,
     check_device,
@@ -29,8 +30,8 @@ from refseg.commands.options import (
 from refseg.errors import DatasetError, InputError
 
 PROPOSALS_HELP = (
-    "auto | sam | superpixel | gt (ground-truth masks from instances.json: enables mc-acc) | a "
-    "COCO-results JSON file (the paper used FreeSOLO's)"
+    f"auto | {SAM_NAMES_HELP} | superpixel | gt (ground-truth masks from instances.json: "
+    "enables mc-acc) | a COCO-results JSON file (the paper used FreeSOLO's)"
 )
 
 

@@ -36,10 +36,26 @@ METHOD_NAMES = (
     "random",
 )
 
+# SAM-family names --proposals accepts (refseg.proposals.sam.SAM_CHECKPOINTS; kept here so
+# that --help imports nothing heavy; a test checks the two agree).
+SAM_NAMES = (
+    "sam-vit-base",
+    "sam-vit-large",
+    "sam-vit-huge",
+    "slimsam-77",
+    "slimsam-50",
+    "sam2.1-hiera-tiny",
+    "sam2.1-hiera-small",
+    "sam2.1-hiera-base-plus",
+    "sam2.1-hiera-large",
+)
+SAM_NAMES_HELP = (
+    f"sam (= sam-vit-base) | {' | '.join(SAM_NAMES[1:])} (SAM, SlimSAM, SAM 2.1; downloaded "
+    "on first use) | a SAM or SAM 2 checkpoint directory"
+)
 PROPOSALS_HELP = (
-    "auto (SAM if its weights are cached, else superpixel) | sam (= sam-vit-base) | "
-    "sam-vit-large | sam-vit-huge | a SAM checkpoint directory | superpixel | a COCO-results "
-    "JSON file"
+    f"auto (SAM if its weights are cached, else superpixel) | {SAM_NAMES_HELP} | superpixel "
+    "| a COCO-results JSON file"
 )
 DEFAULT_SYSTEM = "global-local"
 # CLI option (argparse dest) -> the system factory's keyword argument.
