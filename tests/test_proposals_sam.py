@@ -1,7 +1,8 @@
-"""SAM automatic mask generation: AMG helpers, preprocessing, generator, checkpoint loading.
+"""SAM-family automatic mask generation: AMG helpers, preprocessing, generator, loading.
 
-The model is a tiny random ``SamModel`` (input 128x128) saved into tmp_path and loaded
-through the same directory path users take; nothing touches the network.
+The models are a tiny random ``SamModel`` and ``Sam2Model`` (input 128x128) saved into
+tmp_path and loaded through the same directory path users take; nothing touches the network.
+Generator tests run on both through the ``tiny_dir`` fixture.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from refseg.proposals.amg import (
     stability_score,
 )
 from refseg.proposals.sam import (
+    SAM_CHECKPOINTS,
     ProposalStats,
     SamInputTransform,
     SamProposalConfig,
@@ -36,6 +38,7 @@ from refseg.proposals.sam import (
     _Candidates,
     resolve_sam_checkpoint,
 )
+from refseg.proposals.sam_input import Sam2InputTransform
 
 transformers = pytest.importorskip("transformers")
 
@@ -68,6 +71,34 @@ def _tiny_sam_config():
     )
 
 
+def _tiny_sam2_parts() -> dict:
+    """Sub-configs of a tiny SAM 2 (Hiera with 4 stages, strides 4-32; 128x128 input)."""
+    hidden = 32
+    backbone = dict(
+        model_type="sam2_hiera_det_model", hidden_size=8, num_attention_heads=1,
+        blocks_per_stage=[1, 1, 2, 1], embed_dim_per_stage=[8, 16, 32, 64],
+        num_attention_heads_per_stage=[1, 1, 1, 1], window_size_per_stage=[4, 4, 4, 2],
+        global_attention_blocks=[3], window_positional_embedding_background_size=[2, 2],
+        image_size=[INPUT_SIZE, INPUT_SIZE],
+    )
+    sides = [INPUT_SIZE // 4, INPUT_SIZE // 8, INPUT_SIZE // 16]
+    return dict(
+        vision_config=dict(
+            backbone_config=backbone, backbone_channel_list=[64, 32, 16, 8],
+            backbone_feature_sizes=[[side, side] for side in sides], fpn_hidden_size=hidden,
+        ),
+        prompt_encoder_config=dict(hidden_size=hidden, image_size=INPUT_SIZE, patch_size=16),
+        mask_decoder_config=dict(
+            hidden_size=hidden, mlp_dim=32, num_hidden_layers=1, num_attention_heads=2,
+            iou_head_hidden_dim=16,
+        ),
+    )
+
+
+def _tiny_sam2_config():
+    return transformers.Sam2Config(**_tiny_sam2_parts())
+
+
 @pytest.fixture(scope="module")
 def tiny_sam_dir(tmp_path_factory) -> Path:
     torch.manual_seed(0)
@@ -75,6 +106,21 @@ def tiny_sam_dir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("tiny_sam")
     model.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_sam2_dir(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    model = transformers.Sam2Model(_tiny_sam2_config())
+    folder = tmp_path_factory.mktemp("tiny_sam2")
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(params=["sam", "sam2"])
+def tiny_dir(request) -> Path:
+    """A tiny checkpoint directory of each family: the generator tests run on both."""
+    return request.getfixturevalue(f"tiny_{request.param}_dir")
 
 
 @pytest.fixture(scope="module")
@@ -231,9 +277,9 @@ def test_preprocessing_matches_transformers_pil_processor():
 # ---------------------------------------------------------------- generator
 
 
-def test_generator_returns_valid_proposals(tiny_sam_dir, image):
+def test_generator_returns_valid_proposals(tiny_dir, image):
     generator = SamProposals(
-        str(tiny_sam_dir), device="cpu", points_per_side=4, pred_iou_thresh=0.0,
+        str(tiny_dir), device="cpu", points_per_side=4, pred_iou_thresh=0.0,
         stability_score_thresh=0.0, max_proposals=5,
     )
     proposals, stats = generator.generate(image)
@@ -250,9 +296,9 @@ def test_generator_returns_valid_proposals(tiny_sam_dir, image):
     assert np.array_equal(again.masks, proposals.masks)
 
 
-def test_accept_all_thresholds_keep_every_candidate(tiny_sam_dir, image):
+def test_accept_all_thresholds_keep_every_candidate(tiny_dir, image):
     generator = SamProposals(
-        str(tiny_sam_dir), device="cpu", points_per_side=5, points_per_batch=7,
+        str(tiny_dir), device="cpu", points_per_side=5, points_per_batch=7,
         box_nms_thresh=1.0, max_proposals=None, **ACCEPT_ALL,
     )
     proposals, stats = generator.generate(image)
@@ -265,8 +311,8 @@ def test_accept_all_thresholds_keep_every_candidate(tiny_sam_dir, image):
     assert len(generator(image)) == 1
 
 
-def test_strict_thresholds_can_return_no_proposals(tiny_sam_dir, image):
-    generator = SamProposals(str(tiny_sam_dir), device="cpu", points_per_side=2,
+def test_strict_thresholds_can_return_no_proposals(tiny_dir, image):
+    generator = SamProposals(str(tiny_dir), device="cpu", points_per_side=2,
                              pred_iou_thresh=1e6)
     proposals, stats = generator.generate(image)
     assert len(proposals) == 0 and proposals.image_size == (40, 60)
@@ -303,35 +349,37 @@ def test_masks_match_transformers_processor_pipeline(tiny_sam_dir, image):
     assert np.array_equal(ours.masks, masks[non_empty])
 
 
-def test_min_mask_region_area_cleans_masks(tiny_sam_dir, image):
+def test_min_mask_region_area_cleans_masks(tiny_dir, image):
     options = dict(device="cpu", points_per_side=3, pred_iou_thresh=0.0, stability_score_thresh=0.0)
-    raw = SamProposals(str(tiny_sam_dir), **options)(image)
+    raw = SamProposals(str(tiny_dir), **options)(image)
     assert any(not np.array_equal(remove_small_regions(m, 30), m) for m in raw.masks)
-    cleaned = SamProposals(str(tiny_sam_dir), min_mask_region_area=30, **options)(image)
+    cleaned = SamProposals(str(tiny_dir), min_mask_region_area=30, **options)(image)
     assert len(cleaned) >= 1
     for mask in cleaned.masks:
         assert np.array_equal(remove_small_regions(mask, 30), mask)
 
 
-def test_large_image_is_handled_at_bounded_resolution(tiny_sam_dir):
+def test_large_image_is_handled_at_bounded_resolution(tiny_dir):
     big = Image.new("RGB", (300, 200), (10, 200, 30))  # larger than the 128 input
-    generator = SamProposals(str(tiny_sam_dir), device="cpu", points_per_side=2,
+    generator = SamProposals(str(tiny_dir), device="cpu", points_per_side=2,
                              pred_iou_thresh=0.0, stability_score_thresh=0.0)
     proposals = generator(big)
     assert proposals.image_size == (200, 300)
 
 
-def test_registry_builds_generator_with_overrides(tiny_sam_dir, image):
-    generator = create_proposals("sam", model=str(tiny_sam_dir), device="cpu",
+def test_registry_builds_generator_with_overrides(tiny_dir, image):
+    generator = create_proposals("sam", model=str(tiny_dir), device="cpu",
                                  points_per_side=2, **ACCEPT_ALL)
     assert generator.name == "sam" and generator.config.points_per_side == 2
     assert generator.transform.input_size == INPUT_SIZE
 
 
-def test_accepts_a_model_instance(tiny_sam_dir, image):
-    model = transformers.SamModel.from_pretrained(tiny_sam_dir)
+def test_accepts_a_model_instance(tiny_dir, image):
+    from_dir = SamProposals(str(tiny_dir), device="cpu", points_per_side=2, **ACCEPT_ALL)
+    model = type(from_dir.model).from_pretrained(tiny_dir)
     from_instance = SamProposals(model, points_per_side=2, **ACCEPT_ALL)
-    from_dir = SamProposals(str(tiny_sam_dir), device="cpu", points_per_side=2, **ACCEPT_ALL)
+    assert from_instance.family is from_dir.family
+    assert type(from_instance.transform) is type(from_dir.transform)
     assert np.array_equal(from_instance(image).masks, from_dir(image).masks)
 
 
@@ -346,6 +394,8 @@ def test_bad_options_raise_input_error(tiny_sam_dir):
         SamProposals(str(tiny_sam_dir), device="cpu", pointz=3)
     with pytest.raises(InputError, match="SamModel"):
         SamProposals(42)
+    with pytest.raises(InputError, match="Sam2Model"):
+        SamProposals(torch.nn.Linear(2, 2))
 
 
 # ---------------------------------------------------------------- checkpoint loading
@@ -362,15 +412,17 @@ def _offline_empty_cache(monkeypatch, tmp_path: Path) -> Path:
     return cache
 
 
-def test_offline_without_cache_fails_fast_with_instructions(monkeypatch, tmp_path):
+@pytest.mark.parametrize("name", ["sam-vit-base", "sam2.1-hiera-tiny"])
+def test_offline_without_cache_fails_fast_with_instructions(monkeypatch, tmp_path, name):
     _offline_empty_cache(monkeypatch, tmp_path)
     start = time.perf_counter()
     with pytest.raises(CheckpointNotFoundError) as info:
-        SamProposals("sam-vit-base")
+        SamProposals(name)
     assert time.perf_counter() - start < 2.0
     message = str(info.value)
-    assert "facebook/sam-vit-base" in message and "HF_HUB_OFFLINE" in message
-    assert "hf download facebook/sam-vit-base" in message
+    repo = SAM_CHECKPOINTS[name]
+    assert repo in message and "HF_HUB_OFFLINE" in message
+    assert f"hf download {repo}" in message
 
 
 def test_unreachable_hub_fails_fast_with_the_download_command(monkeypatch, tmp_path):
@@ -388,7 +440,7 @@ def test_unreachable_hub_fails_fast_with_the_download_command(monkeypatch, tmp_p
     assert "hf download facebook/sam-vit-large" in message and "--proposals DIR" in message
 
 
-@pytest.mark.parametrize("name", ["sam-vit-large", "sam-vit-huge", "slimsam-77", "slimsam-50"])
+@pytest.mark.parametrize("name", sorted(SAM_CHECKPOINTS))
 def test_sam_sizes_are_proposal_names(monkeypatch, name):
     seen = {}
 
@@ -402,8 +454,8 @@ def test_sam_sizes_are_proposal_names(monkeypatch, name):
     assert seen["model"] == name
 
 
-def test_a_checkpoint_directory_is_a_proposal_name(tiny_sam_dir):
-    generator = create_proposals(str(tiny_sam_dir))
+def test_a_checkpoint_directory_is_a_proposal_name(tiny_dir):
+    generator = create_proposals(str(tiny_dir))
     assert isinstance(generator, SamProposals)
 
 
@@ -426,18 +478,25 @@ def test_download_failure_becomes_checkpoint_not_found(monkeypatch, tmp_path):
     assert calls == [("facebook/sam-vit-large", True), ("facebook/sam-vit-large", False)]
 
 
-def test_cached_name_loads_without_network(monkeypatch, tiny_sam_dir, tmp_path, image):
+@pytest.mark.parametrize(
+    ("name", "folder", "transform"),
+    [("sam-vit-huge", "tiny_sam_dir", SamInputTransform),
+     ("sam2.1-hiera-small", "tiny_sam2_dir", Sam2InputTransform)],
+)
+def test_cached_name_loads_without_network(request, monkeypatch, tmp_path, name, folder, transform):
     import huggingface_hub
 
+    folder = request.getfixturevalue(folder)
     calls = []
 
     def cached(repo_id, **kwargs):
         calls.append((repo_id, kwargs.get("local_files_only", False)))
-        return str(tiny_sam_dir)
+        return str(folder)
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", cached)
-    generator = SamProposals("sam-vit-huge", device="cpu", cache_dir=tmp_path, points_per_side=2)
-    assert calls == [("facebook/sam-vit-huge", True)]
+    generator = SamProposals(name, device="cpu", cache_dir=tmp_path, points_per_side=2)
+    assert calls == [(SAM_CHECKPOINTS[name], True)]
+    assert type(generator.transform) is transform
     assert generator.transform.input_size == INPUT_SIZE
 
 
@@ -532,22 +591,22 @@ def test_slimsam_names_point_at_their_hub_repos():
     assert SAM_CHECKPOINTS["slimsam-50"] == "Zigeng/SlimSAM-uniform-50"
 
 
-def test_measured_decoding_batch_gives_the_fixed_batch_masks(tiny_sam_dir, image):
+def test_measured_decoding_batch_gives_the_fixed_batch_masks(tiny_dir, image):
     options = dict(device="cpu", points_per_side=6, pred_iou_thresh=0.0,
                    stability_score_thresh=0.0, max_proposals=None)
-    fixed, _ = SamProposals(str(tiny_sam_dir), points_per_batch=64, **options).generate(image)
+    fixed, _ = SamProposals(str(tiny_dir), points_per_batch=64, **options).generate(image)
     for _ in range(2):  # the first calls time the candidate batch sizes
-        measured, stats = SamProposals(str(tiny_sam_dir), **options).generate(image)
+        measured, stats = SamProposals(str(tiny_dir), **options).generate(image)
         assert stats.decoded == stats.points == 36 and stats.skipped == 0
         np.testing.assert_array_equal(measured.masks, fixed.masks)
         np.testing.assert_allclose(measured.scores, fixed.scores, atol=1e-5)
 
 
 def test_prompt_reduction_only_skips_points_an_accepted_mask_covers(
-    tiny_sam_dir, image, monkeypatch
+    tiny_dir, image, monkeypatch
 ):
     generator = SamProposals(
-        str(tiny_sam_dir), device="cpu", points_per_side=8, points_per_batch=4,
+        str(tiny_dir), device="cpu", points_per_side=8, points_per_batch=4,
         pred_iou_thresh=0.0, stability_score_thresh=0.0, skip_covered_points=True,
     )
     decoded, accepted = [], []
@@ -608,3 +667,146 @@ def test_prompt_reduction_covers_only_masks_that_pass_every_filter(tiny_sam_dir)
     inner, outer = INPUT_SIZE // 2 - 2, INPUT_SIZE // 2 + 2  # bilinear edges in between
     assert union[:inner, :inner].all() and not union[outer:].any() and not union[:, outer:].any()
     assert len(kept.scores) == 1 and kept.scores[0].tolist() == pytest.approx([0.95])
+
+
+# ---------------------------------------------------------------- SAM 2
+
+
+def test_sam2_input_stretches_the_image_to_the_square_without_padding():
+    transform = Sam2InputTransform(input_size=128)
+    mean_colour = tuple(round(m * 255) for m in transform.pixel_mean)
+    flat = transform.pixel_values(Image.new("RGB", (60, 40), mean_colour))
+    assert flat.shape == (1, 3, 128, 128) and flat.abs().max() < 0.01  # no padded border
+    # Left half red, right half blue (40x60): in the square the split is at column 64,
+    # on every row (SAM would put the image in the top 85 rows and pad the rest).
+    pixels = np.zeros((40, 60, 3), dtype=np.uint8)
+    pixels[:, :30] = (255, 0, 0)
+    pixels[:, 30:] = (0, 0, 255)
+    values = transform.pixel_values(Image.fromarray(pixels))
+    red = (1.0 - transform.pixel_mean[0]) / transform.pixel_std[0]
+    blue_in_red = (0.0 - transform.pixel_mean[0]) / transform.pixel_std[0]
+    torch.testing.assert_close(values[0, 0, :, :62], torch.full((128, 62), red))
+    torch.testing.assert_close(values[0, 0, :, 66:], torch.full((128, 62), blue_in_red))
+    points = transform.points_to_input(torch.tensor([[60.0, 40.0], [30.0, 10.0]]), 40, 60)
+    torch.testing.assert_close(points, torch.tensor([[128.0, 128.0], [64.0, 32.0]]))
+
+
+def test_sam2_geometry_round_trips_a_mask_onto_a_non_square_image():
+    transform = Sam2InputTransform(input_size=128)
+    height, width = 40, 60
+    # A box in the 32x32 low-res square (rows 8-24, columns 16-32) is rows 10-30 and
+    # columns 30-60 of the image: the square's 4 px cells are 1.25 x 1.875 image pixels.
+    logits = torch.full((1, 32, 32), -10.0)
+    logits[0, 8:24, 16:32] = 10.0
+    mask = transform.logits_to_image(logits, (height, width), (height, width))[0] > 0
+    expected = torch.zeros((height, width), dtype=torch.bool)
+    expected[10:30, 30:60] = True
+    assert mask.shape == (height, width)
+    disagree = (mask != expected).nonzero()
+    # Bilinear edges: only the pixel row/column next to the box's border may differ.
+    assert all(r in (9, 10, 29, 30) or c in (29, 30) for r, c in disagree.tolist())
+    assert mask[11:29, 31:].all() and not mask[:9].any() and not mask[31:].any()
+    assert not mask[:, :29].any()
+    # Any image point -> input frame -> the low-res cell under it -> back: covers the point.
+    rng = np.random.default_rng(0)
+    for x, y in rng.uniform([0, 0], [width, height], size=(20, 2)):
+        point = transform.points_to_input(torch.tensor([[x, y]]), height, width)[0]
+        cell = (point / 4).long().clamp(max=31)
+        low = torch.full((1, 32, 32), -10.0)
+        low[0, cell[1], cell[0]] = 10.0
+        back = transform.logits_to_image(low, (height, width), (height, width))[0]
+        assert back[int(y), int(x)] > -10.0 and back.argmax() // width in range(
+            int(y) - 2, int(y) + 3
+        )
+
+
+def test_sam2_masks_match_the_reference_pipeline(tiny_sam2_dir, image):
+    """One centre point: our masks equal Sam2Model run on pixels prepared as sam2's
+    SAM2Transforms does (float resize to the square, normalise) and logits resized straight
+    to the image (its postprocess_masks), written here independently of Sam2InputTransform."""
+    generator = SamProposals(
+        str(tiny_sam2_dir), device="cpu", points_per_side=1, pred_iou_thresh=0.0,
+        stability_score_thresh=0.0, box_nms_thresh=1.0, max_proposals=None,
+    )
+    ours = generator(image)
+    pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1)
+    square = torch.nn.functional.interpolate(
+        pixels[None], size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", antialias=True
+    )
+    mean = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
+    std = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+    with torch.no_grad():
+        output = generator.model(
+            pixel_values=(square - mean) / std,
+            input_points=torch.tensor([[[[64.0, 64.0]]]]),  # the 60x40 image's centre
+            input_labels=torch.ones((1, 1, 1), dtype=torch.long),
+        )
+    logits = torch.nn.functional.interpolate(
+        output.pred_masks[0], size=(40, 60), mode="bilinear", align_corners=False
+    )[0]
+    masks = (logits > 0).numpy()
+    scores = output.iou_scores[0, 0].numpy()
+    order = [i for i in np.argsort(-scores, kind="stable") if masks[i].any()]
+    assert len(ours) == len(order) >= 1
+    np.testing.assert_allclose(ours.scores, scores[order], atol=1e-6)
+    assert np.array_equal(ours.masks, masks[order])
+
+
+def test_sam2_loads_offline_from_a_directory_with_its_own_defaults(
+    monkeypatch, tmp_path, tiny_sam2_dir, tiny_sam_dir, image
+):
+    import huggingface_hub
+
+    _offline_empty_cache(monkeypatch, tmp_path)
+
+    def no_hub(*args, **kwargs):
+        raise AssertionError("the Hub was asked")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", no_hub)
+    generator = SamProposals(str(tiny_sam2_dir), device="cpu", points_per_side=2)
+    assert isinstance(generator.model, transformers.Sam2Model)
+    assert isinstance(generator.transform, Sam2InputTransform)
+    assert generator.family.label == "SAM 2"
+    # SAM2AutomaticMaskGenerator's defaults (pred_iou_thresh 0.8), SAM's for SAM (0.88);
+    # a given config or option wins.
+    assert generator.config.pred_iou_thresh == 0.8
+    assert SamProposals(str(tiny_sam_dir), device="cpu").config.pred_iou_thresh == 0.88
+    explicit = SamProposals(str(tiny_sam2_dir), config=SamProposalConfig(), device="cpu")
+    assert explicit.config.pred_iou_thresh == 0.88
+    assert SamProposals(str(tiny_sam2_dir), pred_iou_thresh=0.5).config.pred_iou_thresh == 0.5
+    assert generator(image).image_size == (40, 60)
+
+
+def test_a_hub_sam2_video_checkpoint_loads_into_the_image_model(tmp_path, image):
+    """Meta's facebook/sam2.1-* repos hold sam2_video checkpoints: the image weights are
+    read exactly, the video-memory weights are left out, nothing is reported missing."""
+    torch.manual_seed(1)
+    config = transformers.Sam2VideoConfig(
+        **_tiny_sam2_parts(), image_size=INPUT_SIZE, memory_attention_hidden_size=32,
+        memory_encoder_hidden_size=32, mask_downsampler_embed_dim=32,
+        memory_fuser_embed_dim=32, memory_attention_feed_forward_hidden_size=32,
+        memory_attention_rope_feat_sizes=[8, 8],
+    )
+    video = transformers.Sam2VideoModel(config)
+    video.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "sam2_video"
+    generator = SamProposals(str(tmp_path), device="cpu", points_per_side=2, **ACCEPT_ALL)
+    assert isinstance(generator.model, transformers.Sam2Model)
+    video_state = video.state_dict()
+    image_state = generator.model.state_dict()
+    assert any(key.startswith("memory_") for key in video_state)
+    for key, value in image_state.items():
+        torch.testing.assert_close(value, video_state[key], rtol=0, atol=0)
+    assert len(generator(image)) >= 1
+
+
+def test_unknown_sam2_name_lists_the_known_ones():
+    with pytest.raises(InputError, match="sam2.1-hiera-tiny"):
+        create_proposals("sam2.1-hiera-giant")
+    with pytest.raises(CheckpointNotFoundError, match="sam2.1-hiera-small"):
+        resolve_sam_checkpoint("sam2.1-hiera-giant")
+
+
+def test_sam2_names_point_at_transformers_repos():
+    assert SAM_CHECKPOINTS["sam2.1-hiera-tiny"] == "facebook/sam2.1-hiera-tiny"
+    assert SAM_CHECKPOINTS["sam2.1-hiera-small"] == "facebook/sam2.1-hiera-small"
