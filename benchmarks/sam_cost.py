@@ -10,15 +10,18 @@ seconds of that thread (``time.process_time``), so a busy machine does not infla
   (9.7 M parameters, matching its 38.9 MB fp32 model.safetensors);
 - ``sam2.1-hiera-tiny``: transformers' ``Sam2Model`` with the default ``Sam2Config``, which
   transformers documents as facebook/sam2.1-hiera-tiny's (Hiera-T: 96 channels, blocks
-  1-2-7-2); image model only (SAM 2's video memory modules are not used for images).
+  1-2-7-2); image model only (SAM 2's video memory modules are not used for images);
+- ``sam2.1-hiera-small``: the same with sam2's ``sam2.1_hiera_s.yaml`` trunk (blocks
+  1-2-11-2, global attention in blocks 7, 10, 13); the decoder is tiny's.
 
 Per model: the image encoder once per repetition on a 1024x1024 input; the prompt encoder
 + mask decoder per call with 1 point and with ``--batch`` points (alternated), the cheaper
 per point is the per-call cost. Seconds per image for 16x16 and 32x32 grids are
 ``encoder + decoder calls x per-call cost``. With prompt reduction
-(``skip_covered_points``) refseg's generator (``SamProposals``, SamModel only) really runs
-the grid and its decoder calls are counted (``--count-grids``); random weights accept no
-mask, so it skips nothing here: the saving needs real weights and is not assumed.
+(``skip_covered_points``) refseg's generator (``SamProposals``: SAM, SlimSAM and SAM 2 alike)
+really runs the grid and its decoder calls are counted (``--count-grids``); random weights
+accept no mask, so it skips nothing here: the saving, and the masks' quality, need real
+weights and are not measured or assumed.
 
     python benchmarks/sam_cost.py [--models ...] [--repeats 3] [--count-grids 16]
 """
@@ -38,6 +41,12 @@ from bench_utils import alternate, load_note, set_threads
 GRIDS = (16, 32)
 # SlimSAM-77's vision_config as published (Hub: Zigeng/SlimSAM-uniform-77/config.json).
 SLIMSAM_77_VISION = {"hidden_size": 168, "mlp_dim": 696}
+# SAM 2.1 Hiera-S's trunk (sam2 configs/sam2.1/sam2.1_hiera_s.yaml); the rest is Hiera-T's.
+HIERA_SMALL = {
+    "model_type": "sam2_hiera_det_model",
+    "blocks_per_stage": [1, 2, 11, 2],
+    "global_attention_blocks": [7, 10, 13],
+}
 
 
 def build(name: str) -> torch.nn.Module:
@@ -48,6 +57,9 @@ def build(name: str) -> torch.nn.Module:
         "sam-vit-base": lambda: SamModel(SamConfig()),
         "slimsam-77": lambda: SamModel(SamConfig(vision_config=SLIMSAM_77_VISION)),
         "sam2.1-hiera-tiny": lambda: Sam2Model(Sam2Config()),
+        "sam2.1-hiera-small": lambda: Sam2Model(
+            Sam2Config(vision_config={"backbone_config": HIERA_SMALL})
+        ),
     }
     torch.manual_seed(0)
     return builders[name]().eval()
@@ -148,13 +160,14 @@ def table(costs: list[ModelCost]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+",
-                        default=["sam-vit-base", "slimsam-77", "sam2.1-hiera-tiny"])
+                        default=["sam-vit-base", "slimsam-77", "sam2.1-hiera-tiny",
+                                 "sam2.1-hiera-small"])
     parser.add_argument("--repeats", type=int, default=3, help="median of this many")
     parser.add_argument("--batch", type=int, default=8,
                         help="points per decoder call timed beside 1 point per call")
     parser.add_argument("--count-grids", type=int, nargs="*", default=[16],
                         help="grid sides run through refseg's generator with prompt reduction "
-                        "to count decoder calls (SamModel only; 32 costs ~4x 16)")
+                        "to count decoder calls (32 costs ~4x 16)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     set_threads(args.threads)
@@ -166,12 +179,11 @@ def main() -> None:
                               for k, s in cost.per_point.items())
         print(f"{name}: {cost.parameters:.1f} M params; encoder {cost.encoder:.2f} s; "
               f"decoder {per_point} (median of {args.repeats}); {load_note()}", flush=True)
-        if type(model).__name__ == "SamModel":
-            for grid in args.count_grids:
-                count_reduced_calls(cost, model, grid)
-                print(f"  {grid}x{grid} with reduction: {cost.reduced_calls[grid]} decoder "
-                      f"calls, {cost.accepted[grid]} masks accepted, generate() took "
-                      f"{cost.generate_seconds[grid]:.1f} CPU s; {load_note()}", flush=True)
+        for grid in args.count_grids:
+            count_reduced_calls(cost, model, grid)
+            print(f"  {grid}x{grid} with reduction: {cost.reduced_calls[grid]} decoder "
+                  f"calls, {cost.accepted[grid]} masks accepted, generate() took "
+                  f"{cost.generate_seconds[grid]:.1f} CPU s; {load_note()}", flush=True)
         costs.append(cost)
     print(f"\n{args.threads} thread(s), CPU seconds, random weights\n")
     print(table(costs))

@@ -810,3 +810,10 @@ def test_unknown_sam2_name_lists_the_known_ones():
 def test_sam2_names_point_at_transformers_repos():
     assert SAM_CHECKPOINTS["sam2.1-hiera-tiny"] == "facebook/sam2.1-hiera-tiny"
     assert SAM_CHECKPOINTS["sam2.1-hiera-small"] == "facebook/sam2.1-hiera-small"
+
+
+def test_a_transformers_without_sam2_says_to_upgrade(monkeypatch, tiny_sam2_dir):
+    # sys.modules' entry: transformers replaces its module object there after import.
+    monkeypatch.setattr(sys.modules["transformers"], "Sam2Model", None)
+    with pytest.raises(RefsegError, match="Sam2Model.*upgrade transformers"):
+        SamProposals(str(tiny_sam2_dir), device="cpu")
