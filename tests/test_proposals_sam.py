@@ -370,7 +370,9 @@ def test_large_image_is_handled_at_bounded_resolution(tiny_dir):
 def test_registry_builds_generator_with_overrides(tiny_dir, image):
     generator = create_proposals("sam", model=str(tiny_dir), device="cpu",
                                  points_per_side=2, **ACCEPT_ALL)
-    assert generator.name == "sam" and generator.config.points_per_side == 2
+    expected = {"SamModel": "sam", "Sam2Model": "sam2"}[type(generator.model).__name__]
+    assert generator.name == expected  # the family that made the masks, in results
+    assert generator.config.points_per_side == 2
     assert generator.transform.input_size == INPUT_SIZE
 
 
@@ -766,7 +768,7 @@ def test_sam2_loads_offline_from_a_directory_with_its_own_defaults(
     generator = SamProposals(str(tiny_sam2_dir), device="cpu", points_per_side=2)
     assert isinstance(generator.model, transformers.Sam2Model)
     assert isinstance(generator.transform, Sam2InputTransform)
-    assert generator.family.label == "SAM 2"
+    assert generator.family.label == "SAM 2" and generator.name == "sam2"
     # SAM2AutomaticMaskGenerator's defaults (pred_iou_thresh 0.8), SAM's for SAM (0.88);
     # a given config or option wins.
     assert generator.config.pred_iou_thresh == 0.8

@@ -213,6 +213,7 @@ class SamProposals:
         self.model, self.transform, self.family = load_sam_model(
             model, device=device, cache_dir=cache_dir
         )
+        self.name = self.family.name  # "sam" or "sam2": which family made the masks
         base = config or SamProposalConfig(**self.family.amg_defaults)
         self.config = _with_overrides(base, overrides)
 

@@ -34,6 +34,7 @@ class SamFamily:
     """One SAM generation as the generator sees it.
 
     Attributes:
+        name: the generator's name in results (``SegmentationResult.proposal_generator``).
         label: human name used in messages.
         model_class: transformers class that runs it.
         model_types: ``config.json`` ``model_type`` values it loads. The Hub's
@@ -44,6 +45,7 @@ class SamFamily:
             differs in this family's reference generator.
     """
 
+    name: str
     label: str
     model_class: str
     model_types: tuple[str, ...]
@@ -73,11 +75,12 @@ def require_transformers() -> Any:
     return transformers
 
 
-SAM = SamFamily("SAM", "SamModel", ("sam",), SamInputTransform)
+SAM = SamFamily("sam", "SAM", "SamModel", ("sam",), SamInputTransform)
 # sam2 ``automatic_mask_generator.py``: SAM2AutomaticMaskGenerator keeps SAM's defaults
 # except pred_iou_thresh=0.8 (SAM: 0.88).
 SAM2 = SamFamily(
-    "SAM 2", "Sam2Model", ("sam2", "sam2_video"), Sam2InputTransform, {"pred_iou_thresh": 0.8}
+    "sam2", "SAM 2", "Sam2Model", ("sam2", "sam2_video"), Sam2InputTransform,
+    {"pred_iou_thresh": 0.8},
 )
 FAMILIES = (SAM, SAM2)
 
