@@ -37,6 +37,8 @@ _CLIP_OPTIONS = (
     "probe_seed",
     "init",
     "negative_weight",
+    "composition",
+    "twins",
 )
 
 
@@ -148,6 +150,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="W",
         help="add W x a focused loss: each image against its own caption and own hard "
         f"negatives only (default: {base.negative_weight}, plain NegCLIP)",
+    )
+    negclip.add_argument(
+        "--composition",
+        type=float,
+        metavar="F",
+        help="share of scene pairs captioned like the probes: a relation, two objects, a "
+        f"position (needs --on-the-fly; default: {base.composition})",
+    )
+    negclip.add_argument(
+        "--twins",
+        action="store_true",
+        default=None,
+        help="image-side hard negatives: relation, position and two-object pairs bring a twin "
+        "scene (mirrored, or colours swapped) for which their caption is false into the batch "
+        "(needs --on-the-fly; one process)",
     )
     negclip.add_argument(
         "--probe-scenes",

@@ -214,6 +214,14 @@ class ContrastiveConfig:
     # few hard negatives are drowned by B other captions while the model is still learning
     # objects; this term gives them a gradient of their own (see benchmarks/negclip_trials.md).
     negative_weight: float = 0.0
+    # Share of scene pairs captioned like the composition probes (a relation, two objects,
+    # a position; refseg.data.shapes.captions.composition_caption) instead of the scene
+    # captions, which list all objects and give a relation only one draw in four or five.
+    composition: float = 0.0
+    # Image-side hard negatives: a scene pair whose caption allows it brings its twin
+    # (mirrored, or two objects' colours swapped; refseg.data.shapes.twins), for which the
+    # caption is false, into the same batch (batches grow by one pair per twin; one process).
+    twins: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.betas, list):
@@ -231,6 +239,7 @@ class ContrastiveConfig:
             "probe_scenes": self.probe_scenes >= 0,
             "probe_seed": self.probe_seed >= 0,
             "negative_weight": self.negative_weight >= 0.0,
+            "composition": 0.0 <= self.composition <= 1.0,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -238,10 +247,14 @@ class ContrastiveConfig:
                 f"invalid training option(s) {', '.join(bad)}: steps must be >= 1, "
                 "batch_size >= 2, pool_size >= batch_size, lr > 0, seed, warmup_steps, "
                 f"probe_scenes and probe_seed >= 0, negatives in 0..{MAX_NEGATIVES}, "
-                "crop_fraction in [0, 1]"
+                "crop_fraction and composition in [0, 1]"
             )
-        if (self.negatives or self.positions) and not self.on_the_fly:
-            raise InputError("negatives and positions need on-the-fly pairs (--on-the-fly)")
+        if (self.negatives or self.positions or self.composition or self.twins) and (
+            not self.on_the_fly
+        ):
+            raise InputError(
+                "negatives, positions, composition and twins need on-the-fly pairs (--on-the-fly)"
+            )
         if self.negative_weight and not self.negatives:
             raise InputError("negative_weight needs hard negatives (--negatives N)")
         preset_config(self.preset, self.vocab_size, self.context_length)  # validates the name
@@ -615,7 +628,12 @@ class ContrastiveTask(TaskBase):
                 negatives=config.negatives,
                 positions=config.positions,
                 crop_fraction=config.crop_fraction,
+                composition=config.composition,
+                twins=config.twins,
             )
+            if config.twins and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+                # ranks would gather batches of different sizes
+                raise InputError("--twins trains on one process only (not under torchrun)")
             self.tokenizer = self._tokenizer(self.fresh.texts(TOKENIZER_CORPUS_PAIRS))
             return
         pool = render_pool(
@@ -685,7 +703,8 @@ class ContrastiveTask(TaskBase):
         pool = self.pool
         return ContrastiveBatch(pool.images[rows], pool.tokens[rows], pool.caption_ids[rows])
 
-    def _collate_fresh(self, samples: list[FreshSample]) -> ContrastiveBatch:
+    def _collate_fresh(self, drawn: list[FreshSample]) -> ContrastiveBatch:
+        samples = [pair for sample in drawn for pair in sample.pairs()]  # twins join the batch
         captions = [s.caption for s in samples]
         batch = ContrastiveBatch(
             torch.stack([s.image for s in samples]),

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -24,16 +25,28 @@ import torch
 from refseg.clip.preprocess import resize_for_clip
 from refseg.errors import InputError
 
+if TYPE_CHECKING:  # pragma: no cover
+    from PIL import Image
+
+    from refseg.data.shapes.scene import Scene
+
 MAX_NEGATIVES = 8  # no ShapesRef caption has more distinct recompositions in practice
 
 
 @dataclass(frozen=True)
 class FreshSample:
-    """One rendered pair: ``uint8 [S, S, 3]`` image, caption, its hard negative texts."""
+    """One rendered pair: ``uint8 [S, S, 3]`` image, caption, its hard negative texts; with
+    twins also the scene's twin (:mod:`refseg.data.shapes.twins`) as a pair of its own, which
+    joins the same batch (so each is the other's image-side hard negative)."""
 
     image: torch.Tensor
     caption: str
     negatives: tuple[str, ...]
+    twin: FreshSample | None = None
+
+    def pairs(self) -> list[FreshSample]:
+        """This pair, then its twin if any (what a batch holds)."""
+        return [self] if self.twin is None else [self, self.twin]
 
 
 class FreshPairs(torch.utils.data.Dataset):
@@ -46,6 +59,10 @@ class FreshPairs(torch.utils.data.Dataset):
         negatives: at most this many hard negatives per pair (0: none).
         positions: scene captions may say where an object lies ("... on the left").
         crop_fraction: share of single-object crop pairs (these have no negatives).
+        composition: share of scene pairs with a relation, two-object or position caption
+            (:func:`refseg.data.shapes.captions.composition_caption`).
+        twins: scene pairs whose caption allows it come with a twin scene for which the
+            caption is false (the batch grows by one pair per twin).
     """
 
     def __init__(
@@ -57,6 +74,8 @@ class FreshPairs(torch.utils.data.Dataset):
         negatives: int = 3,
         positions: bool = True,
         crop_fraction: float = 0.25,
+        composition: float = 0.0,
+        twins: bool = False,
     ) -> None:
         if size < 1 or image_size < 1 or not 0 <= negatives <= MAX_NEGATIVES:
             raise InputError(
@@ -65,6 +84,9 @@ class FreshPairs(torch.utils.data.Dataset):
             )
         if not 0.0 <= crop_fraction <= 1.0:
             raise InputError(f"crop_fraction must lie in [0, 1]; got {crop_fraction}")
+        if not 0.0 <= composition <= 1.0:
+            raise InputError(f"composition must lie in [0, 1]; got {composition}")
+        self.composition, self.twins = composition, twins
         self.seed, self.size, self.image_size = seed, size, image_size
         self.negatives, self.positions, self.crop_fraction = negatives, positions, crop_fraction
 
@@ -73,28 +95,46 @@ class FreshPairs(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> FreshSample:
         from refseg.data.shapes.captions import training_pair
-        from refseg.data.shapes.negatives import hard_negatives
         from refseg.data.shapes.scene import scene_rng
+        from refseg.data.shapes.twins import make_twin
 
         if not 0 <= index < self.size:
             raise IndexError(index)
         pair = training_pair(
-            self.seed, index, crop_fraction=self.crop_fraction, positions=self.positions
+            self.seed,
+            index,
+            crop_fraction=self.crop_fraction,
+            positions=self.positions,
+            composition=self.composition,
         )
+        rng = scene_rng(self.seed, index, stream="negatives")
+        scene = pair.scene if pair.crop is None else None
+        sample = self._sample(pair.image, pair.caption, scene, rng)
+        made = make_twin(pair.caption, pair.scene) if scene is not None and self.twins else None
+        if made is None:
+            return sample
+        twin = self._sample(made.scene.pil_image(), made.caption, made.scene, rng)
+        return FreshSample(sample.image, sample.caption, sample.negatives, twin)
+
+    def _sample(
+        self, image: Image.Image, caption: str, scene: Scene | None, rng: np.random.Generator
+    ) -> FreshSample:
+        """The model-sized image, the caption and its negatives (none without a scene)."""
+        from refseg.data.shapes.negatives import hard_negatives
+
         found = []
-        if pair.crop is None and self.negatives:
-            rng = scene_rng(self.seed, index, stream="negatives")
-            found = hard_negatives(pair.caption, pair.scene, rng, self.negatives)
-        resized = resize_for_clip(pair.image.convert("RGB"), self.image_size, "squash")
-        image = torch.from_numpy(np.array(resized, dtype=np.uint8))
-        return FreshSample(image, pair.caption, tuple(n.text for n in found))
+        if scene is not None and self.negatives:
+            found = hard_negatives(caption, scene, rng, self.negatives)
+        resized = resize_for_clip(image.convert("RGB"), self.image_size, "squash")
+        pixels = torch.from_numpy(np.array(resized, dtype=np.uint8))
+        return FreshSample(pixels, caption, tuple(n.text for n in found))
 
     def texts(self, count: int) -> Iterator[str]:
         """Captions and negatives of the first ``count`` samples (a tokenizer's corpus)."""
         for index in range(min(count, self.size)):
-            sample = self[index]
-            yield sample.caption
-            yield from sample.negatives
+            for sample in self[index].pairs():
+                yield sample.caption
+                yield from sample.negatives
 
     def pair_source(self, seed: int, n: int) -> Iterator[tuple[object, str]]:
         """``(image, caption)`` of the same distribution for another seed: the held-out pool

@@ -37,8 +37,10 @@ from refseg.data.shapes.words import (
 from refseg.errors import InputError
 
 __all__ = [
+    "COMPOSITION_KINDS",
     "TrainingPair",
     "caption_vocabulary",
+    "composition_caption",
     "object_caption",
     "sample_training_pairs",
     "scene_captions",
@@ -109,6 +111,49 @@ def scene_captions(scene: Scene, rng: np.random.Generator, *, positions: bool = 
     return [_choice(CAPTION_PREFIXES, rng) + caption for caption in captions]
 
 
+COMPOSITION_KINDS: tuple[str, ...] = ("relation", "binding", "position")
+
+
+def composition_caption(scene: Scene, rng: np.random.Generator) -> str | None:
+    """One caption of the kinds the composition probes ask (:mod:`refseg.eval.probe`), of a
+    kind drawn uniformly among those the scene allows; ``None`` if it allows none.
+
+    - relation: "a red circle left of a blue star" for a clearly related pair;
+    - binding: "a red circle and a blue star", two objects of different colour *and* shape
+      (else swapping their colours says the same), only two of the scene's objects;
+    - position: "a red circle on the left".
+
+    :func:`scene_captions` lists *all* objects and gives a relation one draw in four or five;
+    these captions are what hard negatives (and twins, :mod:`.twins`) need to teach order.
+    """
+    objects = scene.objects
+    relations = related_pairs(scene)
+    bindable = [
+        (i, j)
+        for i in range(len(objects))
+        for j in range(len(objects))
+        if i != j and objects[i].color != objects[j].color and objects[i].shape != objects[j].shape
+    ]
+    placed = [(i, s) for i in range(len(objects)) for s in SIDES if on_side(scene, i, s)[0]]
+    found = (relations, bindable, placed)
+    kinds = [k for k, some in zip(COMPOSITION_KINDS, found, strict=True) if some]
+    if not kinds:
+        return None
+    kind = _choice(kinds, rng)
+    if kind == "relation":
+        i, j, relation = relations[int(rng.integers(len(relations)))]
+        same = objects[i].shape == objects[j].shape and objects[i].color == objects[j].color
+        a, b = _object_phrase(objects[i], rng, same), _object_phrase(objects[j], rng, same)
+        text = f"{a} {_choice(RELATION_PHRASES[relation], rng)} {b}"
+    elif kind == "binding":
+        i, j = bindable[int(rng.integers(len(bindable)))]
+        text = _join([_object_phrase(objects[k], rng, False) for k in (i, j)])
+    else:
+        i, side = placed[int(rng.integers(len(placed)))]
+        text = f"{_object_phrase(objects[i], rng, False)} {_choice(POSITION_PHRASES[side], rng)}"
+    return _choice(CAPTION_PREFIXES, rng) + text
+
+
 def object_caption(obj: ShapeObject, rng: np.random.Generator) -> str:
     """Caption of one object for its crop: "a red circle", sometimes "a large red circle"."""
     phrase = _object_phrase(obj, rng, with_size=rng.random() < _OBJECT_SIZE_PROB)
@@ -130,9 +175,11 @@ class TrainingPair:
     crop: int | None
 
 
-def _check_pair_options(crop_fraction: float) -> None:
+def _check_pair_options(crop_fraction: float, composition: float = 0.0) -> None:
     if not 0.0 <= crop_fraction <= 1.0:
         raise InputError(f"crop_fraction must lie in [0, 1]; got {crop_fraction}")
+    if not 0.0 <= composition <= 1.0:
+        raise InputError(f"composition must lie in [0, 1]; got {composition}")
 
 
 def training_pair(
@@ -143,17 +190,26 @@ def training_pair(
     crop_fraction: float = _CROP_FRACTION,
     crop_size: int | None = None,
     positions: bool = False,
+    composition: float = 0.0,
 ) -> TrainingPair:
     """Pair ``index`` of :func:`sample_training_pairs`, a pure function of ``(seed, index)``
-    (for map-style datasets)."""
+    (for map-style datasets).
+
+    ``composition``: share of scene pairs captioned by :func:`composition_caption` instead of
+    :func:`scene_captions` (0 draws exactly what earlier versions drew).
+    """
     config = config or ShapesConfig()
-    _check_pair_options(crop_fraction)
+    _check_pair_options(crop_fraction, composition)
     rng = scene_rng(seed, index, stream="training")
     scene = sample_scene(rng, config)
     if rng.random() < crop_fraction:
         k = int(rng.integers(len(scene)))
         crop = render_object_crop(scene, k, crop_size or config.image_size)
         return TrainingPair(crop, object_caption(scene.objects[k], rng), scene, k)
+    if composition and rng.random() < composition:
+        caption = composition_caption(scene, rng)
+        if caption is not None:
+            return TrainingPair(scene.pil_image(), caption, scene, None)
     caption = _choice(scene_captions(scene, rng, positions=positions), rng)
     return TrainingPair(scene.pil_image(), caption, scene, None)
 
