@@ -39,6 +39,7 @@ _CLIP_OPTIONS = (
     "negative_weight",
     "composition",
     "twins",
+    "max_objects",
 )
 
 
@@ -165,6 +166,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="image-side hard negatives: relation, position and two-object pairs bring a twin "
         "scene (mirrored, or colours swapped) for which their caption is false into the batch "
         "(needs --on-the-fly; one process)",
+    )
+    negclip.add_argument(
+        "--max-objects",
+        type=int,
+        metavar="N",
+        help="at most N objects per training scene (needs --on-the-fly; default: ShapesRef's "
+        "2-6; evaluation keeps them)",
     )
     negclip.add_argument(
         "--probe-scenes",

@@ -222,6 +222,9 @@ class ContrastiveConfig:
     # (mirrored, or two objects' colours swapped; refseg.data.shapes.twins), for which the
     # caption is false, into the same batch (batches grow by one pair per twin; one process).
     twins: bool = False
+    # At most this many objects per training scene (None: ShapesRef's 2-6); evaluation and
+    # probes keep the full range.
+    max_objects: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.betas, list):
@@ -240,6 +243,7 @@ class ContrastiveConfig:
             "probe_seed": self.probe_seed >= 0,
             "negative_weight": self.negative_weight >= 0.0,
             "composition": 0.0 <= self.composition <= 1.0,
+            "max_objects": self.max_objects is None or self.max_objects >= 1,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -249,11 +253,11 @@ class ContrastiveConfig:
                 f"probe_scenes and probe_seed >= 0, negatives in 0..{MAX_NEGATIVES}, "
                 "crop_fraction and composition in [0, 1]"
             )
-        if (self.negatives or self.positions or self.composition or self.twins) and (
-            not self.on_the_fly
-        ):
+        fresh_only = (self.negatives, self.positions, self.composition, self.twins)
+        if (any(fresh_only) or self.max_objects is not None) and not self.on_the_fly:
             raise InputError(
-                "negatives, positions, composition and twins need on-the-fly pairs (--on-the-fly)"
+                "negatives, positions, composition, twins and max_objects need on-the-fly "
+                "pairs (--on-the-fly)"
             )
         if self.negative_weight and not self.negatives:
             raise InputError("negative_weight needs hard negatives (--negatives N)")
@@ -630,6 +634,7 @@ class ContrastiveTask(TaskBase):
                 crop_fraction=config.crop_fraction,
                 composition=config.composition,
                 twins=config.twins,
+                max_objects=config.max_objects,
             )
             if config.twins and int(os.environ.get("WORLD_SIZE", "1")) > 1:
                 # ranks would gather batches of different sizes

@@ -63,6 +63,8 @@ class FreshPairs(torch.utils.data.Dataset):
             (:func:`refseg.data.shapes.captions.composition_caption`).
         twins: scene pairs whose caption allows it come with a twin scene for which the
             caption is false (the batch grows by one pair per twin).
+        max_objects: at most this many objects per scene (``None``: ShapesRef's 6); fewer
+            make every caption's objects easier to find (a curriculum's first stage).
     """
 
     def __init__(
@@ -76,7 +78,10 @@ class FreshPairs(torch.utils.data.Dataset):
         crop_fraction: float = 0.25,
         composition: float = 0.0,
         twins: bool = False,
+        max_objects: int | None = None,
     ) -> None:
+        from refseg.data.shapes.config import ShapesConfig
+
         if size < 1 or image_size < 1 or not 0 <= negatives <= MAX_NEGATIVES:
             raise InputError(
                 f"fresh pairs need size >= 1, image_size >= 1 and 0 <= negatives <= "
@@ -87,6 +92,9 @@ class FreshPairs(torch.utils.data.Dataset):
         if not 0.0 <= composition <= 1.0:
             raise InputError(f"composition must lie in [0, 1]; got {composition}")
         self.composition, self.twins = composition, twins
+        self.scenes = ShapesConfig() if max_objects is None else ShapesConfig(
+            min_objects=min(2, max_objects), max_objects=max_objects
+        )
         self.seed, self.size, self.image_size = seed, size, image_size
         self.negatives, self.positions, self.crop_fraction = negatives, positions, crop_fraction
 
@@ -106,6 +114,7 @@ class FreshPairs(torch.utils.data.Dataset):
             crop_fraction=self.crop_fraction,
             positions=self.positions,
             composition=self.composition,
+            config=self.scenes,
         )
         rng = scene_rng(self.seed, index, stream="negatives")
         scene = pair.scene if pair.crop is None else None
