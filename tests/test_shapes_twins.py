@@ -125,3 +125,27 @@ def test_twins_join_the_batch_next_to_their_pair():
     first = next(i for i, s in enumerate(samples) if s.twin is not None)
     assert torch.equal(batch.images[first], samples[first].image)
     assert torch.equal(batch.images[first + 1], samples[first].twin.image)  # right after it
+
+
+def test_new_options_need_fresh_pairs_and_parse():
+    from refseg.cli import build_parser
+    from refseg.errors import InputError
+    from refseg.train.contrastive import ContrastiveConfig
+
+    for option in ({"composition": 0.5}, {"twins": True}, {"max_objects": 3}):
+        with pytest.raises(InputError, match="on-the-fly"):
+            ContrastiveConfig(preset="tiny-vit", **option)
+    with pytest.raises(InputError, match="composition"):
+        ContrastiveConfig(preset="tiny-vit", on_the_fly=True, composition=1.5)
+    args = build_parser().parse_args(
+        ["train", "clip", "--preset", "shapes-vit", "--out", "x", "--on-the-fly",
+         "--composition", "0.8", "--twins", "--max-objects", "3"]
+    )  # fmt: skip
+    assert (args.composition, args.twins, args.max_objects) == (0.8, True, 3)
+    few = FreshPairs(1, 12, 32, negatives=0, crop_fraction=0.0, max_objects=2)
+    from refseg.data.shapes.captions import training_pair as pair_of
+
+    for index in range(12):
+        pair = pair_of(1, index, crop_fraction=0.0, positions=True, config=few.scenes)
+        assert len(pair.scene) <= 2 and few[index].caption == pair.caption  # what it trains on
+    assert max(len(pair_of(1, i, crop_fraction=0.0).scene) for i in range(12)) > 2
