@@ -352,3 +352,58 @@ def test_weighted_pooling_equals_pooling_the_weighted_map(grid) -> None:
         assert (got[0] - pool(features)[0]).abs().max().item() < 1e-5
         with pytest.raises(ValueError, match="one feature map"):
             pool.forward_weighted(features.expand(2, -1, -1, -1), weights)
+
+
+def _spatial_copy(model, seed: int | None = None):
+    """``model`` with a spatial readout; zero (as initialised) or random when ``seed`` is set."""
+    import dataclasses
+
+    from refseg.clip import CLIP
+
+    vision = dataclasses.replace(model.config.vision, spatial_readout=True)
+    spatial = CLIP(dataclasses.replace(model.config, vision=vision)).eval()
+    missing, unexpected = spatial.load_state_dict(model.state_dict(), strict=False)
+    assert (missing, unexpected) == (["visual.spatial_proj"], [])
+    if seed is not None:
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            spatial.visual.spatial_proj.normal_(0.0, 0.05)
+    return spatial
+
+
+def test_zero_spatial_readout_equals_the_class_token_readout(tiny_clip, image):
+    spatial = _spatial_copy(tiny_clip)
+    with torch.inference_mode():
+        assert torch.equal(spatial.encode_image(image), tiny_clip.encode_image(image))
+
+
+def test_spatial_readout_adds_a_linear_map_of_every_patch(tiny_clip, image):
+    spatial = _spatial_copy(tiny_clip, seed=2)
+    visual = spatial.visual
+    with torch.inference_mode():
+        tokens = visual.run_blocks(visual.embed(image))
+        expected = (visual.ln_post(tokens[:, 0]) @ visual.proj
+                    + visual.ln_post(tokens[:, 1:]).flatten(1) @ visual.spatial_proj)
+        assert torch.allclose(spatial.encode_image(image), expected, atol=1e-6)
+        assert not torch.allclose(expected, tiny_clip.encode_image(image), atol=1e-3)
+        with pytest.raises(ValueError, match="native"):
+            spatial.encode_image(torch.randn(1, 3, 48, 48))
+
+
+def test_masked_forward_with_a_spatial_readout_matches_the_step_by_step_reference(tiny_clip,
+                                                                                   image):
+    """The readout reads every patch, so the folded and first-token shortcuts stay off."""
+    visual = _spatial_copy(tiny_clip, seed=3).visual
+    weights = _sparse_weights(9, 5)
+    with torch.inference_mode():
+        x = visual.run_blocks(visual.embed(image), 0, visual.num_blocks - 2).expand(9, -1, -1)
+        for block in visual.transformer.resblocks[-2:]:
+            x = block(torch.cat([x[:, :1], x[:, 1:] * weights.reshape(9, 16, 1)], dim=1))
+        assert torch.allclose(visual.forward_masked(image, weights, 2), visual.head(x), atol=1e-5)
+
+
+def test_spatial_readout_is_for_vits_only():
+    from refseg.clip import VisionConfig
+
+    with pytest.raises(ValueError, match="ViT"):
+        VisionConfig(layers=(1, 1, 1, 1), spatial_readout=True)

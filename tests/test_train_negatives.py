@@ -211,3 +211,23 @@ def test_init_starts_from_saved_weights_and_keeps_their_tokenizer(tmp_path):
         negclip_task(preset="tiny-rn", init=str(tmp_path / "a")).build_model()
     with pytest.raises(InputError, match="negative_weight needs"):
         negclip_config(negatives=0, negative_weight=1.0)
+
+
+def test_spatial_readout_starts_from_saved_weights_with_only_the_new_map_at_zero(tmp_path):
+    from refseg.clip.load import load_clip
+
+    train(negclip_task(steps=1), LoopConfig(out_dir=tmp_path / "a", steps=1,
+          batch_size=8, threads=1, progress=False))
+    saved = load_clip(tmp_path / "a", device="cpu")
+    task = negclip_task(steps=2, init=str(tmp_path / "a"), spatial_readout=True)
+    model = task.build_model()
+    state = model.state_dict()
+    assert torch.count_nonzero(state.pop("visual.spatial_proj")) == 0
+    assert max_diff(state, saved.model.state_dict()) == 0.0
+    train(task, LoopConfig(out_dir=tmp_path / "b", steps=2, batch_size=8, threads=1,
+                           progress=False))
+    trained = load_clip(tmp_path / "b", device="cpu")
+    assert trained.config.vision.spatial_readout  # the saved config says how to rebuild it
+    assert torch.count_nonzero(trained.model.visual.spatial_proj) > 0  # and it was trained
+    with pytest.raises(InputError, match="needs a ViT"):
+        negclip_task(preset="tiny-rn", spatial_readout=True).model_config()

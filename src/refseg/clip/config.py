@@ -31,6 +31,15 @@ class VisionConfig:
     heads: int = 12
     patch_size: int = 32  # ViT only
     mlp_width: int | None = None  # ViT only; None means 4 * width
+    # ViT only: add a learned linear map of all final patch tokens to the class-token
+    # embedding. Zero-initialised (the model starts equal to its class-token readout); it
+    # gives the embedding a direct path to *where* things are, which the class token of the
+    # tiny ShapesRef ViT does not learn (benchmarks/negclip_trials.md). Native grid only.
+    spatial_readout: bool = False
+
+    def __post_init__(self) -> None:
+        if self.spatial_readout and not self.is_vit:
+            raise ValueError("spatial_readout is for ViT image towers only")
 
     @property
     def is_vit(self) -> bool:

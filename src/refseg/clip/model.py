@@ -190,6 +190,9 @@ class VisionTransformer(nn.Module):
         self.transformer = Transformer(width, layers, config.heads, mlp_width, quick_gelu)
         self.ln_post = LayerNorm(width)
         self.proj = nn.Parameter(scale * torch.randn(width, output_dim))
+        self.spatial_proj: nn.Parameter | None = None
+        if config.spatial_readout:
+            self.spatial_proj = nn.Parameter(torch.zeros(grid * grid * width, output_dim))
 
     @property
     def num_blocks(self) -> int:
@@ -216,8 +219,18 @@ class VisionTransformer(nn.Module):
         return self.transformer(tokens, attn_mask, start, end)
 
     def head(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Image embedding from final tokens: ``ln_post(CLS) @ proj``, ``[B, L, C] -> [B, D]``."""
-        return self.ln_post(tokens[:, 0]) @ self.proj
+        """Image embedding from final tokens: ``ln_post(CLS) @ proj``, ``[B, L, C] -> [B, D]``;
+        with a spatial readout plus ``flatten(ln_post(patches)) @ spatial_proj``."""
+        embedding = self.ln_post(tokens[:, 0]) @ self.proj
+        if self.spatial_proj is None:
+            return embedding
+        patches = self.ln_post(tokens[:, 1:]).flatten(1)
+        if patches.shape[1] != self.spatial_proj.shape[0]:
+            raise ValueError(
+                f"the spatial readout reads the native {self.spatial_proj.shape[0]} patch "
+                f"values; got {patches.shape[1]} (another input size?)"
+            )
+        return embedding + patches @ self.spatial_proj
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         """Pixels ``[B, 3, H, W]`` -> embeddings ``[B, D]`` (not normalised)."""
@@ -264,7 +277,7 @@ class VisionTransformer(nn.Module):
             raise ValueError(
                 f"mask weights cover {flat.shape[1]} patches; the image has {tokens.shape[1] - 1}"
             )
-        if not factored:
+        if not factored or self.spatial_proj is not None:  # the readout needs every patch
             scale = torch.cat([flat.new_ones(flat.shape[0], 1), flat], dim=1)[..., None]
             x = tokens.expand(flat.shape[0], -1, -1)
             for block in self.transformer.resblocks[self.num_blocks - k :]:

@@ -40,6 +40,7 @@ _CLIP_OPTIONS = (
     "composition",
     "twins",
     "max_objects",
+    "spatial_readout",
 )
 
 
@@ -173,6 +174,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="N",
         help="at most N objects per training scene (needs --on-the-fly; default: ShapesRef's "
         "2-6; evaluation keeps them)",
+    )
+    negclip.add_argument(
+        "--spatial-readout",
+        action="store_true",
+        default=None,
+        help="ViT presets: add a zero-initialised linear map of all patch tokens to the image "
+        "embedding, so it can say where things are (with --init: only that map is new)",
     )
     negclip.add_argument(
         "--probe-scenes",

@@ -225,6 +225,10 @@ class ContrastiveConfig:
     # At most this many objects per training scene (None: ShapesRef's 2-6); evaluation and
     # probes keep the full range.
     max_objects: int | None = None
+    # Train a ViT with VisionConfig.spatial_readout (a zero-initialised linear map of all
+    # patch tokens added to the embedding; with ``init``, the loaded weights are kept and
+    # only that map starts at zero).
+    spatial_readout: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.betas, list):
@@ -670,8 +674,9 @@ class ContrastiveTask(TaskBase):
             loaded = load_clip(self.config.init, device="cpu")
             own = loaded.config
             preset = preset_config(self.config.preset, own.text.vocab_size, own.text.context_length)
+            plain_vision = dataclasses.replace(own.vision, spatial_readout=False)
             if (preset.vision, preset.text, preset.embed_dim) != (
-                own.vision,
+                plain_vision,
                 own.text,
                 own.embed_dim,
             ):
@@ -689,16 +694,30 @@ class ContrastiveTask(TaskBase):
     def model_config(self) -> CLIPConfig:
         """The architecture trained: the preset's, sized to the tokenizer (or the init's)."""
         self._prepare()
-        if self._init is not None:
-            return self._init.config
         config = self.config
-        return preset_config(config.preset, self.tokenizer.vocab_size, config.context_length)
+        if self._init is not None:
+            chosen = self._init.config
+        else:
+            chosen = preset_config(config.preset, self.tokenizer.vocab_size, config.context_length)
+        if not config.spatial_readout:
+            return chosen
+        if not chosen.vision.is_vit:
+            raise InputError(f"--spatial-readout needs a ViT preset; {config.preset} is not")
+        return dataclasses.replace(
+            chosen, vision=dataclasses.replace(chosen.vision, spatial_readout=True)
+        )
 
     def build_model(self) -> CLIP:
         model = CLIP(self.model_config())
         initial = self._initial()
         if initial is not None:
-            model.load_state_dict(initial.model.state_dict())
+            missing, unexpected = model.load_state_dict(initial.model.state_dict(), strict=False)
+            added = {"visual.spatial_proj"} if self.config.spatial_readout else set()
+            if set(missing) - added or unexpected:  # only the new readout may start fresh
+                raise InputError(
+                    f"--init {self.config.init!r} does not fit: missing {missing}, "
+                    f"unexpected {unexpected}"
+                )
         return model
 
     def collate(self, samples: list[int] | list[FreshSample]) -> ContrastiveBatch:
