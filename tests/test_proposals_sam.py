@@ -99,22 +99,23 @@ def _tiny_sam2_config():
     return transformers.Sam2Config(**_tiny_sam2_parts())
 
 
+def _saved_tiny(tmp_path_factory, model_class, config, name: str) -> Path:
+    """A tiny random model of ``model_class`` saved in the transformers layout."""
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp(name)
+    model_class(config).save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(scope="module")
 def tiny_sam_dir(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    model = transformers.SamModel(_tiny_sam_config())
-    folder = tmp_path_factory.mktemp("tiny_sam")
-    model.save_pretrained(folder)
-    return folder
+    return _saved_tiny(tmp_path_factory, transformers.SamModel, _tiny_sam_config(), "tiny_sam")
 
 
 @pytest.fixture(scope="module")
 def tiny_sam2_dir(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    model = transformers.Sam2Model(_tiny_sam2_config())
-    folder = tmp_path_factory.mktemp("tiny_sam2")
-    model.save_pretrained(folder)
-    return folder
+    return _saved_tiny(tmp_path_factory, transformers.Sam2Model, _tiny_sam2_config(),
+                       "tiny_sam2")
 
 
 @pytest.fixture(params=["sam", "sam2"])
