@@ -820,3 +820,32 @@ def test_a_transformers_without_sam2_says_to_upgrade(monkeypatch, tiny_sam2_dir)
     monkeypatch.setattr(sys.modules["transformers"], "Sam2Model", None)
     with pytest.raises(RefsegError, match="Sam2Model.*upgrade transformers"):
         SamProposals(str(tiny_sam2_dir), device="cpu")
+
+
+@pytest.mark.parametrize(
+    ("file_name", "change"),
+    [
+        ("config.json", {"prompt_encoder_config": {"image_size": 10**9}}),
+        ("config.json", {"prompt_encoder_config": {"image_size": 8}}),
+        ("preprocessor_config.json", {"image_mean": "abc"}),
+        ("preprocessor_config.json", {"image_std": [0.2, 0.0, 0.2]}),
+        ("preprocessor_config.json", {"image_std": [0.2, 0.2]}),
+    ],
+    ids=["huge-input", "tiny-input", "mean-not-a-list", "zero-std", "two-channels"],
+)
+def test_hostile_checkpoint_configs_are_refused_before_any_allocation(
+    tmp_path, tiny_sam2_dir, file_name, change
+):
+    """A directory's config is data: absurd sizes or statistics give a clear error, not a
+    size x size buffer or a traceback."""
+    import shutil
+
+    folder = tmp_path / "hostile"
+    shutil.copytree(tiny_sam2_dir, folder)
+    path = folder / file_name
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    for key, value in change.items():
+        data[key] = {**data[key], **value} if isinstance(value, dict) else value
+    path.write_text(json.dumps(data))
+    with pytest.raises(CheckpointFormatError, match="image_size|per-channel"):
+        SamProposals(str(folder), device="cpu")

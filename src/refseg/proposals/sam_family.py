@@ -13,6 +13,7 @@ reference implementation. SAM 2 is used as an image model only (no video memory)
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,9 @@ def require_transformers() -> Any:
     return transformers
 
 
+# Bounds on a checkpoint's square input side (SAM and SAM 2 use 1024).
+MIN_INPUT_SIZE, MAX_INPUT_SIZE = 64, 4096
+
 SAM = SamFamily("sam", "SAM", "SamModel", ("sam",), SamInputTransform)
 # sam2 ``automatic_mask_generator.py``: SAM2AutomaticMaskGenerator keeps SAM's defaults
 # except pred_iou_thresh=0.8 (SAM: 0.88).
@@ -112,13 +116,29 @@ def input_transform(
                 f"{family.label} input must be square; config image_size={size}"
             )
         size = size[0]
+    if not isinstance(size, int) or not MIN_INPUT_SIZE <= size <= MAX_INPUT_SIZE:
+        # checked before any buffer of size x size is allocated
+        raise CheckpointFormatError(
+            f"{family.label} config image_size={size!r} is not an input size in "
+            f"{MIN_INPUT_SIZE}..{MAX_INPUT_SIZE} (released models use 1024)"
+        )
     mean, std = SAM_PIXEL_MEAN, SAM_PIXEL_STD
     processor_file = folder / "preprocessor_config.json" if folder is not None else None
     if processor_file is not None and processor_file.is_file():
         try:
             processor = json.loads(processor_file.read_text())
-        except (OSError, ValueError) as exc:
+            mean = _channel_stats(processor.get("image_mean", mean), positive=False)
+            std = _channel_stats(processor.get("image_std", std), positive=True)
+        except (OSError, ValueError, TypeError, AttributeError) as exc:
             raise CheckpointFormatError(f"cannot read {processor_file}: {exc}") from None
-        mean = tuple(float(v) for v in processor.get("image_mean", mean))
-        std = tuple(float(v) for v in processor.get("image_std", std))
-    return family.transform(input_size=int(size), pixel_mean=mean, pixel_std=std)
+    return family.transform(input_size=size, pixel_mean=mean, pixel_std=std)
+
+
+def _channel_stats(values: Any, positive: bool) -> tuple[float, float, float]:
+    """Three finite per-channel numbers (``positive``: each > 0), else ValueError."""
+    if not isinstance(values, list | tuple) or len(values) != 3:
+        raise ValueError(f"expected 3 per-channel values; got {values!r}")
+    stats = tuple(float(v) for v in values)
+    if not all(math.isfinite(v) and (v > 0 or not positive) for v in stats):
+        raise ValueError(f"per-channel values must be finite{' and > 0' * positive}: {values!r}")
+    return stats  # type: ignore[return-value]
