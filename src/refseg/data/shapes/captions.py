@@ -71,13 +71,36 @@ def _object_phrase(obj: ShapeObject, rng: np.random.Generator, with_size: bool) 
     return with_article(noun_phrase(flt, rng))
 
 
-def _position_caption(scene: Scene, rng: np.random.Generator) -> str | None:
-    """ "a red circle on the left" for a random object clearly in some half, if any."""
-    placed = [(i, side) for i in range(len(scene)) for side in SIDES if on_side(scene, i, side)[0]]
-    if not placed:
-        return None
+def _placed(scene: Scene) -> list[tuple[int, str]]:
+    """``(object index, side)`` of every object clearly in some half of the image."""
+    return [(i, side) for i in range(len(scene)) for side in SIDES if on_side(scene, i, side)[0]]
+
+
+def _position_text(
+    scene: Scene, placed: list[tuple[int, str]], rng: np.random.Generator
+) -> str:
+    """ "a red circle on the left" for a random entry of ``placed`` (not empty)."""
     i, side = placed[int(rng.integers(len(placed)))]
     return f"{_object_phrase(scene.objects[i], rng, False)} {_choice(POSITION_PHRASES[side], rng)}"
+
+
+def _position_caption(scene: Scene, rng: np.random.Generator) -> str | None:
+    """:func:`_position_text` for a random object clearly in some half, ``None`` if none is."""
+    placed = _placed(scene)
+    return _position_text(scene, placed, rng) if placed else None
+
+
+def _relation_caption(
+    scene: Scene, pairs: list[tuple[int, int, str]], rng: np.random.Generator
+) -> str:
+    """ "a green star left of a yellow triangle" for a random clearly related pair of ``pairs``
+    (:func:`related_pairs`); sizes only when colour and shape alone read the same ("a red star
+    above a red star")."""
+    i, j, relation = pairs[int(rng.integers(len(pairs)))]
+    a, b = scene.objects[i], scene.objects[j]
+    same = a.shape == b.shape and a.color == b.color
+    target, anchor = _object_phrase(a, rng, same), _object_phrase(b, rng, same)
+    return f"{target} {_choice(RELATION_PHRASES[relation], rng)} {anchor}"
 
 
 def scene_captions(scene: Scene, rng: np.random.Generator, *, positions: bool = False) -> list[str]:
@@ -97,14 +120,7 @@ def scene_captions(scene: Scene, rng: np.random.Generator, *, positions: bool = 
     captions = [_join(grouped), _join(sized)]
     pairs = related_pairs(scene)
     if pairs:
-        i, j, relation = pairs[int(rng.integers(len(pairs)))]
-        # Sizes only when colour and shape alone read the same ("a red star above a red star").
-        same = scene.objects[i].shape == scene.objects[j].shape and (
-            scene.objects[i].color == scene.objects[j].color
-        )
-        target = _object_phrase(scene.objects[i], rng, same)
-        anchor = _object_phrase(scene.objects[j], rng, same)
-        captions.append(f"{target} {_choice(RELATION_PHRASES[relation], rng)} {anchor}")
+        captions.append(_relation_caption(scene, pairs, rng))
     position = _position_caption(scene, rng) if positions else None
     if position is not None:
         captions.append(position)
@@ -134,23 +150,19 @@ def composition_caption(scene: Scene, rng: np.random.Generator) -> str | None:
         for j in range(len(objects))
         if i != j and objects[i].color != objects[j].color and objects[i].shape != objects[j].shape
     ]
-    placed = [(i, s) for i in range(len(objects)) for s in SIDES if on_side(scene, i, s)[0]]
+    placed = _placed(scene)
     found = (relations, bindable, placed)
     kinds = [k for k, some in zip(COMPOSITION_KINDS, found, strict=True) if some]
     if not kinds:
         return None
     kind = _choice(kinds, rng)
     if kind == "relation":
-        i, j, relation = relations[int(rng.integers(len(relations)))]
-        same = objects[i].shape == objects[j].shape and objects[i].color == objects[j].color
-        a, b = _object_phrase(objects[i], rng, same), _object_phrase(objects[j], rng, same)
-        text = f"{a} {_choice(RELATION_PHRASES[relation], rng)} {b}"
+        text = _relation_caption(scene, relations, rng)
     elif kind == "binding":
         i, j = bindable[int(rng.integers(len(bindable)))]
         text = _join([_object_phrase(objects[k], rng, False) for k in (i, j)])
     else:
-        i, side = placed[int(rng.integers(len(placed)))]
-        text = f"{_object_phrase(objects[i], rng, False)} {_choice(POSITION_PHRASES[side], rng)}"
+        text = _position_text(scene, placed, rng)
     return _choice(CAPTION_PREFIXES, rng) + text
 
 
