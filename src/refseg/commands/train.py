@@ -41,6 +41,7 @@ _CLIP_OPTIONS = (
     "twins",
     "max_objects",
     "spatial_readout",
+    "structure_weight",
 )
 
 
@@ -181,6 +182,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="ViT presets: add a zero-initialised linear map of all patch tokens to the image "
         "embedding, so it can say where things are (with --init: only that map is new)",
+    )
+    negclip.add_argument(
+        "--structure-weight",
+        type=float,
+        metavar="W",
+        help="add W x the structure loss: a linear head shared by both towers reads each "
+        "object's colour, shape and position from the image embedding and the stated order "
+        "from the caption's (needs --on-the-fly; not saved; default: "
+        f"{base.structure_weight}, off)",
     )
     negclip.add_argument(
         "--probe-scenes",

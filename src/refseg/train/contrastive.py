@@ -51,6 +51,12 @@ from refseg.train.negatives_loss import (
     negclip_loss,
     own_negatives_loss,
 )
+from refseg.train.structure import (
+    StructureBatch,
+    StructureHead,
+    collate_structure,
+    structure_loss,
+)
 from refseg.train.tokenizer import DEFAULT_CONTEXT_LENGTH, DEFAULT_VOCAB_SIZE, train_bpe
 
 # ``(seed, n) -> n (RGB image, caption) pairs``; ShapesRef's ``sample_training_pairs`` is one.
@@ -58,6 +64,7 @@ PairSource = Callable[[int, int], Iterable[tuple[Image.Image, str]]]
 
 # Added to the seed for the held-out pool, so evaluation pairs are never trained on.
 HELD_OUT_SEED_OFFSET = 1_000_003
+STRUCTURE_HEAD = "structure_head"  # attribute of the trained CLIP that holds the head
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP paper, Sec. 2.5: "clipped to prevent scaling ... > 100"
 
 
@@ -229,6 +236,10 @@ class ContrastiveConfig:
     # patch tokens added to the embedding; with ``init``, the loaded weights are kept and
     # only that map starts at zero).
     spatial_readout: bool = False
+    # Weight of the structure loss (refseg.train.structure; on the fly only): a linear head
+    # shared by both towers must read each object's type and position from the image
+    # embedding, and the types and stated order from the caption's. 0: no head.
+    structure_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if isinstance(self.betas, list):
@@ -248,6 +259,7 @@ class ContrastiveConfig:
             "negative_weight": self.negative_weight >= 0.0,
             "composition": 0.0 <= self.composition <= 1.0,
             "max_objects": self.max_objects is None or self.max_objects >= 1,
+            "structure_weight": self.structure_weight >= 0.0,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -255,13 +267,16 @@ class ContrastiveConfig:
                 f"invalid training option(s) {', '.join(bad)}: steps must be >= 1, "
                 "batch_size >= 2, pool_size >= batch_size, lr > 0, seed, warmup_steps, "
                 f"probe_scenes and probe_seed >= 0, negatives in 0..{MAX_NEGATIVES}, "
-                "crop_fraction and composition in [0, 1]"
+                "crop_fraction and composition in [0, 1], negative_weight and "
+                "structure_weight >= 0"
             )
-        fresh_only = (self.negatives, self.positions, self.composition, self.twins)
+        fresh_only = (
+            self.negatives, self.positions, self.composition, self.twins, self.structure_weight
+        )
         if (any(fresh_only) or self.max_objects is not None) and not self.on_the_fly:
             raise InputError(
-                "negatives, positions, composition, twins and max_objects need on-the-fly "
-                "pairs (--on-the-fly)"
+                "negatives, positions, composition, twins, max_objects and structure_weight "
+                "need on-the-fly pairs (--on-the-fly)"
             )
         if self.negative_weight and not self.negatives:
             raise InputError("negative_weight needs hard negatives (--negatives N)")
@@ -579,6 +594,7 @@ class ContrastiveBatch:
     negative_tokens: torch.Tensor | None = None
     negative_ids: torch.Tensor | None = None
     negative_valid: torch.Tensor | None = None
+    structure: StructureBatch | None = None
 
 
 class ContrastiveTask(TaskBase):
@@ -639,6 +655,7 @@ class ContrastiveTask(TaskBase):
                 composition=config.composition,
                 twins=config.twins,
                 max_objects=config.max_objects,
+                structure=bool(config.structure_weight),
             )
             if config.twins and int(os.environ.get("WORLD_SIZE", "1")) > 1:
                 # ranks would gather batches of different sizes
@@ -708,12 +725,17 @@ class ContrastiveTask(TaskBase):
         )
 
     def build_model(self) -> CLIP:
+        """The preset's CLIP (or the init's weights), with the structure head attached as
+        ``structure_head`` when ``structure_weight`` > 0 (left out of the saved model)."""
         model = CLIP(self.model_config())
+        if self.config.structure_weight:
+            model.add_module(STRUCTURE_HEAD, StructureHead(model.config.embed_dim))
         initial = self._initial()
         if initial is not None:
             missing, unexpected = model.load_state_dict(initial.model.state_dict(), strict=False)
+            missing = {k for k in missing if not k.startswith(f"{STRUCTURE_HEAD}.")}
             added = {"visual.spatial_proj"} if self.config.spatial_readout else set()
-            if set(missing) - added or unexpected:  # only the new readout may start fresh
+            if missing - added or unexpected:  # only the new readout and head start fresh
                 raise InputError(
                     f"--init {self.config.init!r} does not fit: missing {missing}, "
                     f"unexpected {unexpected}"
@@ -745,18 +767,42 @@ class ContrastiveTask(TaskBase):
             batch.negative_tokens = self.tokenizer(texts)
             batch.negative_ids = torch.tensor([caption_id(t) for t in texts], dtype=torch.long)
             batch.negative_valid = torch.tensor(valid, dtype=torch.long)
+        if self.config.structure_weight:
+            texts = captions + (texts if count else [])  # the order they are encoded in
+            batch.structure = collate_structure([s.targets for s in samples], texts)
         return batch
 
     def loss(self, model: CLIP, batch: ContrastiveBatch) -> tuple[torch.Tensor, dict[str, float]]:
         if batch.negative_tokens is not None:
             return self._negclip_loss(model, batch)
         pixels = pixels_from_uint8(batch.images, model.config.preprocess)
-        image_features = gather_with_grad(model.encode_image(pixels))
+        image = model.encode_image(pixels)
         text = model.encode_text(trim_tokens(batch.tokens), self.tokenizer.eot_id)
-        text_features = gather_with_grad(text)
+        image_features, text_features = gather_with_grad(image), gather_with_grad(text)
         ids = gather_with_grad(batch.caption_ids) if self.config.mask_duplicate_captions else None
         loss = contrastive_loss(image_features, text_features, model.logit_scale, ids)
-        return loss, {}
+        return self._with_structure(model, batch, image, text, loss, {})
+
+    def _with_structure(
+        self,
+        model: CLIP,
+        batch: ContrastiveBatch,
+        image: torch.Tensor,
+        text: torch.Tensor,
+        loss: torch.Tensor,
+        metrics: dict[str, float],
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """``loss`` plus ``structure_weight`` x the structure loss of this rank's embeddings
+        (``text``: captions, then padded negatives); unchanged without a head."""
+        if batch.structure is None:
+            return loss, metrics
+        head = getattr(model, STRUCTURE_HEAD)
+        extra, found = structure_loss(head, image, text, batch.structure)
+        return loss + self.config.structure_weight * extra, {
+            **metrics,
+            **found,
+            "structure_loss": float(extra.detach()),
+        }
 
     def _negclip_loss(
         self, model: CLIP, batch: ContrastiveBatch
@@ -764,7 +810,8 @@ class ContrastiveTask(TaskBase):
         """NegCLIP over the gathered global batch; padding negatives are dropped after the
         gather (every rank sends ``B x K`` rows)."""
         pixels = pixels_from_uint8(batch.images, model.config.preprocess)
-        image_features = gather_with_grad(model.encode_image(pixels))
+        image = model.encode_image(pixels)
+        image_features = gather_with_grad(image)
         rows = batch.tokens.shape[0]
         # captions and negatives through the text tower in one pass
         tokens = trim_tokens(torch.cat([batch.tokens, batch.negative_tokens]))
@@ -790,7 +837,8 @@ class ContrastiveTask(TaskBase):
         accuracy = hard_negative_accuracy(
             image_features.detach(), text_features.detach(), negative_features.detach(), owner
         )
-        return loss, {"hard_negative_accuracy": accuracy, "negatives": float(valid.sum())}
+        metrics = {"hard_negative_accuracy": accuracy, "negatives": float(valid.sum())}
+        return self._with_structure(model, batch, image, text, loss, metrics)
 
     def optimizer(self, model: CLIP) -> torch.optim.Optimizer:
         return _optimizer(model, self.config)
@@ -843,6 +891,16 @@ class ContrastiveTask(TaskBase):
         return metrics
 
     def save_artifact(self, model: CLIP, out_dir: Path) -> None:
+        if hasattr(model, STRUCTURE_HEAD):  # a training device, not part of the CLIP
+            plain = CLIP(model.config)
+            plain.load_state_dict(
+                {
+                    k: v
+                    for k, v in model.state_dict().items()
+                    if not k.startswith(f"{STRUCTURE_HEAD}.")
+                }
+            )
+            model = plain
         save_clip(model, self.tokenizer, out_dir, {"preset": self.config.preset})
 
     def record(self) -> dict[str, Any]:

@@ -15,6 +15,7 @@ its own caption, marked invalid, and the loss drops invalid rows after gathering
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -29,6 +30,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
 
     from refseg.data.shapes.scene import Scene
+    from refseg.train.structure import ImageTargets
 
 MAX_NEGATIVES = 8  # no ShapesRef caption has more distinct recompositions in practice
 
@@ -43,6 +45,9 @@ class FreshSample:
     caption: str
     negatives: tuple[str, ...]
     twin: FreshSample | None = None
+    # what the scene shows, for the structure head (refseg.train.structure); None for crops
+    # or when not asked for
+    targets: ImageTargets | None = None
 
     def pairs(self) -> list[FreshSample]:
         """This pair, then its twin if any (what a batch holds)."""
@@ -65,6 +70,7 @@ class FreshPairs(torch.utils.data.Dataset):
             caption is false (the batch grows by one pair per twin).
         max_objects: at most this many objects per scene (``None``: ShapesRef's 6); fewer
             make every caption's objects easier to find (a curriculum's first stage).
+        structure: scene samples carry their :class:`refseg.train.structure.ImageTargets`.
     """
 
     def __init__(
@@ -79,6 +85,7 @@ class FreshPairs(torch.utils.data.Dataset):
         composition: float = 0.0,
         twins: bool = False,
         max_objects: int | None = None,
+        structure: bool = False,
     ) -> None:
         from refseg.data.shapes.config import ShapesConfig
 
@@ -91,7 +98,7 @@ class FreshPairs(torch.utils.data.Dataset):
             raise InputError(f"crop_fraction must lie in [0, 1]; got {crop_fraction}")
         if not 0.0 <= composition <= 1.0:
             raise InputError(f"composition must lie in [0, 1]; got {composition}")
-        self.composition, self.twins = composition, twins
+        self.composition, self.twins, self.structure = composition, twins, structure
         self.scenes = ShapesConfig() if max_objects is None else ShapesConfig(
             min_objects=min(2, max_objects), max_objects=max_objects
         )
@@ -123,7 +130,7 @@ class FreshPairs(torch.utils.data.Dataset):
         if made is None:
             return sample
         twin = self._sample(made.scene.pil_image(), made.caption, made.scene, rng)
-        return FreshSample(sample.image, sample.caption, sample.negatives, twin)
+        return dataclasses.replace(sample, twin=twin)
 
     def _sample(
         self, image: Image.Image, caption: str, scene: Scene | None, rng: np.random.Generator
@@ -136,7 +143,12 @@ class FreshPairs(torch.utils.data.Dataset):
             found = hard_negatives(caption, scene, rng, self.negatives)
         resized = resize_for_clip(image.convert("RGB"), self.image_size, "squash")
         pixels = torch.from_numpy(np.array(resized, dtype=np.uint8))
-        return FreshSample(pixels, caption, tuple(n.text for n in found))
+        targets = None
+        if scene is not None and self.structure:
+            from refseg.train.structure import scene_targets
+
+            targets = scene_targets(scene)
+        return FreshSample(pixels, caption, tuple(n.text for n in found), targets=targets)
 
     def texts(self, count: int) -> Iterator[str]:
         """Captions and negatives of the first ``count`` samples (a tokenizer's corpus)."""

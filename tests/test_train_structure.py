@@ -1,0 +1,142 @@
+"""The structure head (``refseg train clip --structure-weight``): targets read off scenes and
+captions, the loss against hand-computed values, its gradient teaching a text embedding an
+order, and the head staying out of the saved CLIP."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from refseg.data.shapes.scene import sample_scene, scene_rng
+from refseg.errors import InputError
+from refseg.train.loop import LoopConfig, train
+from refseg.train.structure import (
+    MARGIN,
+    ORDER_SCALE,
+    SHARPNESS,
+    TYPE_INDEX,
+    TYPES,
+    StructureHead,
+    collate_structure,
+    scene_targets,
+    soft_order,
+    structure_loss,
+    text_targets,
+)
+from test_train_negatives import negclip_config, negclip_task, read_log
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+RED_CIRCLE, BLUE_STAR = TYPE_INDEX[("red", "circle")], TYPE_INDEX[("blue", "star")]
+
+
+def test_scene_targets_place_each_type_that_occurs_once():
+    for index in range(20):
+        scene = sample_scene(scene_rng(7, index))
+        targets = scene_targets(scene)
+        kinds = [(o.color, o.shape) for o in scene.objects]
+        for t, kind in enumerate(TYPES):
+            assert targets.present[t] == (kind in kinds)
+            assert targets.located[t] == (kinds.count(kind) == 1)
+            if targets.located[t]:
+                np.testing.assert_allclose(
+                    targets.coords[t], scene.centroids[kinds.index(kind)], atol=1e-6
+                )
+
+
+@pytest.mark.parametrize(
+    ("caption", "order", "side"),
+    [
+        ("a red circle left of a blue star", (RED_CIRCLE, BLUE_STAR, 0), None),
+        ("a red circle to the right of a blue star", (BLUE_STAR, RED_CIRCLE, 0), None),
+        ("a red circle above a blue star", (RED_CIRCLE, BLUE_STAR, 1), None),
+        ("a picture of a red circle beneath a blue star", (BLUE_STAR, RED_CIRCLE, 1), None),
+        ("a red circle on the left", None, (RED_CIRCLE, 0, -1)),
+        ("a red circle at the bottom", None, (RED_CIRCLE, 1, 1)),
+        ("a red circle and a blue star", None, None),
+        ("a red circle left of a red circle", None, None),  # same type: no order to state
+    ],
+)
+def test_text_targets_state_the_mentioned_types_and_order(caption, order, side):
+    targets = text_targets(caption)
+    mentioned = {RED_CIRCLE} | ({BLUE_STAR} if "blue" in caption else set())
+    assert set(np.flatnonzero(targets.present)) == mentioned
+    assert targets.weight.min() == 1.0
+    assert targets.order == (order or (-1, -1, -1))
+    assert targets.side == (side or (-1, -1, 0))
+
+
+def test_partial_mentions_and_foreign_text_leave_presence_unknown():
+    red_shape = text_targets("a red shape on the left")
+    reds = [i for i, (color, _) in enumerate(TYPES) if color == "red"]
+    assert red_shape.weight[reds].sum() == 0 and red_shape.weight.sum() == len(TYPES) - len(reds)
+    assert red_shape.present.sum() == 0 and red_shape.side == (-1, -1, 0)
+    foreign = text_targets("the man in the red shirt")
+    assert foreign.weight.sum() == 0 and foreign.order == (-1, -1, -1)
+
+
+def test_loss_equals_hand_computed_value_for_a_constant_head():
+    """A head with zero weights predicts logit 0 and position (0.5, 0.5) for every type:
+    each BCE is ln 2, the coordinate term is 4 x the mean squared distance to the centre,
+    and every order has a gap of 0."""
+    head = StructureHead(8)
+    torch.nn.init.zeros_(head.proj.weight)
+    torch.nn.init.zeros_(head.proj.bias)
+    scene = sample_scene(scene_rng(3, 0))
+    image = scene_targets(scene)
+    texts = ["a red circle left of a blue star", "a blue star at the top", "two red circles"]
+    batch = collate_structure([image, None], texts)
+    loss, metrics = structure_loss(head, torch.randn(2, 8), torch.randn(3, 8), batch)
+    located = image.coords[image.located]
+    coords = 4.0 * ((located - 0.5) ** 2).sum(axis=1).mean()
+    order = 0.2 * math.log1p(math.exp(MARGIN * SHARPNESS))
+    assert ORDER_SCALE == 0.2
+    expected = math.log(2) + coords + math.log(2) + order
+    assert float(loss.detach()) == pytest.approx(expected, rel=1e-5)
+    assert metrics["structure_order_accuracy"] == 0.0  # a gap of 0 is not an order
+    assert float(soft_order(torch.tensor(1.0))) < 1e-6
+
+
+def test_order_gradient_teaches_a_text_embedding_its_relation():
+    """Descending the loss on two text embeddings that start equal separates them so that
+    each satisfies its own (opposite) order: what an order-blind text tower cannot do."""
+    torch.manual_seed(0)
+    head = StructureHead(16)
+    start = torch.randn(1, 16)
+    texts = ["a red circle left of a blue star", "a blue star left of a red circle"]
+    batch = collate_structure([None], texts)  # one crop: no image target
+    embedding = start.repeat(2, 1).requires_grad_()
+    optimizer = torch.optim.SGD([embedding], lr=0.5)
+    for _ in range(200):
+        loss, metrics = structure_loss(head, torch.zeros(1, 16), embedding, batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert metrics["structure_order_accuracy"] == 1.0
+    assert torch.cosine_similarity(embedding[0], embedding[1], dim=0) < 0.99
+
+
+def test_training_with_the_head_logs_it_and_saves_a_plain_clip(tmp_path):
+    from refseg.clip.load import load_clip
+
+    task = negclip_task(steps=2, structure_weight=1.0, composition=0.8)
+    model = task.build_model()
+    assert sum(p.numel() for p in model.structure_head.parameters()) == (16 + 1) * 3 * 49
+    result = train(task, LoopConfig(out_dir=tmp_path / "a", steps=2, batch_size=8, threads=1,
+                                    progress=False, log_every=1))
+    logged = [e for e in read_log(tmp_path / "a") if e["split"] == "train"]
+    assert all(math.isfinite(e["structure_loss"]) and e["structure_loss"] > 0 for e in logged)
+    saved = load_clip(tmp_path / "a", device="cpu")
+    assert not any(k.startswith("structure_head") for k in saved.model.state_dict())
+    trained = {k: v for k, v in result.model.state_dict().items() if "structure" not in k}
+    assert all(torch.equal(saved.model.state_dict()[k], v) for k, v in trained.items())
+    # a saved CLIP can start a run with a fresh head
+    again = negclip_task(steps=1, structure_weight=1.0, init=str(tmp_path / "a"))
+    assert hasattr(again.build_model(), "structure_head")
+    with pytest.raises(InputError, match="on-the-fly"):
+        negclip_config(on_the_fly=False, negatives=0, positions=False, structure_weight=1.0)
+    with pytest.raises(InputError, match="structure_weight"):
+        negclip_config(structure_weight=-1.0)
