@@ -125,8 +125,12 @@ def test_training_with_the_head_logs_it_and_saves_a_plain_clip(tmp_path):
     task = negclip_task(steps=2, structure_weight=1.0, composition=0.8)
     model = task.build_model()
     assert sum(p.numel() for p in model.structure_head.parameters()) == (16 + 1) * 3 * 49
-    result = train(task, LoopConfig(out_dir=tmp_path / "a", steps=2, batch_size=8, threads=1,
-                                    progress=False, log_every=1))
+    result = train(
+        task,
+        LoopConfig(
+            out_dir=tmp_path / "a", steps=2, batch_size=8, threads=1, progress=False, log_every=1
+        ),
+    )
     logged = [e for e in read_log(tmp_path / "a") if e["split"] == "train"]
     assert all(math.isfinite(e["structure_loss"]) and e["structure_loss"] > 0 for e in logged)
     saved = load_clip(tmp_path / "a", device="cpu")

@@ -114,9 +114,7 @@ def _possible_types(mention: Mention) -> list[int]:
     """Every type a mention may mean."""
     shape = mention.filter.shape
     return [
-        i
-        for i, (c, s) in enumerate(TYPES)
-        if (mention.color in (None, c)) and (shape in (None, s))
+        i for i, (c, s) in enumerate(TYPES) if (mention.color in (None, c)) and (shape in (None, s))
     ]
 
 
