@@ -97,6 +97,8 @@ def test_loss_equals_hand_computed_value_for_a_constant_head():
     expected = math.log(2) + coords + math.log(2) + order
     assert float(loss.detach()) == pytest.approx(expected, rel=1e-5)
     assert metrics["structure_order_accuracy"] == 0.0  # a gap of 0 is not an order
+    distance = np.sqrt(((located - 0.5) ** 2).sum(axis=1)).mean()
+    assert metrics["structure_position_error"] == pytest.approx(distance, rel=1e-5)
     assert float(soft_order(torch.tensor(1.0))) < 1e-6
 
 
