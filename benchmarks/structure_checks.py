@@ -1,0 +1,176 @@
+"""Can each tower of a shapes CLIP learn what the structure head asks, when told alone?
+
+Issue #13, trial 8 (``benchmarks/negclip_trials.md``). Two supervised checks, each training
+one tower of a CLIP plus a fresh :class:`refseg.train.structure.StructureHead` on the
+structure loss only (no contrastive term), AdamW, 1 thread:
+
+- ``text``: random captions "a <colour> <shape> <relation> a <colour> <shape>" (``--kind
+  relation``) or "a <colour> <shape> and a <colour> <shape>" (``--kind binding``), batch 64;
+  prints on 400 held-out captions the share of stated orders the head reads right
+  (relation) or the share whose two mentioned types outscore the colour-swapped pair
+  (binding).
+- ``image``: fresh ShapesRef scenes (no crops), batch 32, with ``--spatial-readout`` for a
+  ViT; prints on 40 probe scenes (seed 5) the head's mean position error (fraction of the
+  image, for types that occur once) and, on the binding probe pairs, the share whose true
+  types outscore the swapped ones.
+
+    python benchmarks/structure_checks.py text --kind relation --steps 600
+    python benchmarks/structure_checks.py image --steps 300 --spatial-readout
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import random
+import time
+
+import numpy as np
+import torch
+
+from refseg.clip.load import load_clip
+from refseg.clip.model import CLIP
+from refseg.clip.preprocess import resize_for_clip
+from refseg.data.shapes.scene import sample_scene, scene_rng
+from refseg.data.shapes.words import COLORS, RELATION_PHRASES, SHAPES
+from refseg.eval.probe import probe_pairs
+from refseg.train.contrastive import pixels_from_uint8, trim_tokens
+from refseg.train.fresh_pairs import FreshPairs
+from refseg.train.structure import (
+    TYPE_INDEX,
+    StructureHead,
+    collate_structure,
+    scene_targets,
+    structure_loss,
+    text_targets,
+)
+
+NO_TEXT = "-"  # a text outside the grammar: no text target, so only images count
+
+
+def random_caption(rng: random.Random, kind: str) -> str:
+    """A two-object relation or list caption of random colours and shapes."""
+    (c1, c2), (s1, s2) = rng.sample(COLORS, 2), rng.sample(SHAPES, 2)
+    if kind == "binding":
+        return f"a {c1} {s1} and a {c2} {s2}"
+    relation = rng.choice(sorted(RELATION_PHRASES))
+    return f"a {c1} {s1} {rng.choice(RELATION_PHRASES[relation])} a {c2} {s2}"
+
+
+def binding_hit(caption: str, logits: torch.Tensor) -> bool:
+    """For "a c1 s1 and a c2 s2": the two mentioned types outscore (c2 s1, c1 s2)."""
+    words = caption.split()
+    (c1, s1), (c2, s2) = (words[1], words[2]), (words[5], words[6])
+    true = logits[TYPE_INDEX[(c1, s1)]] + logits[TYPE_INDEX[(c2, s2)]]
+    return bool(true > logits[TYPE_INDEX[(c2, s1)]] + logits[TYPE_INDEX[(c1, s2)]])
+
+
+def check_text(model: CLIP, tokenizer, args: argparse.Namespace) -> None:
+    head = StructureHead(model.config.embed_dim)
+    tower = [p for n, p in model.named_parameters() if not n.startswith("visual.")]
+    optimizer = torch.optim.AdamW([*tower, *head.parameters()], lr=args.lr, weight_decay=0.0)
+    rng = random.Random(0)
+    held_out = [random_caption(random.Random(10_000 + i), args.kind) for i in range(400)]
+    no_image = torch.zeros(1, model.config.embed_dim)
+
+    def encode(texts: list[str]) -> torch.Tensor:
+        return model.encode_text(trim_tokens(tokenizer(texts)), tokenizer.eot_id)
+
+    start = time.perf_counter()
+    for step in range(args.steps + 1):
+        if step % args.every == 0:
+            with torch.no_grad():
+                features = encode(held_out)
+                if args.kind == "binding":
+                    logits, _ = head(features)
+                    score = np.mean(
+                        [binding_hit(c, r) for c, r in zip(held_out, logits, strict=True)]
+                    )
+                else:
+                    batch = collate_structure([None], held_out)
+                    score = structure_loss(head, no_image, features, batch)[1][
+                        "structure_order_accuracy"
+                    ]
+            print(f"step {step}: held-out {args.kind} {score:.3f} "
+                  f"({time.perf_counter() - start:.0f} s)", flush=True)  # fmt: skip
+        texts = [random_caption(rng, args.kind) for _ in range(64)]
+        loss, _ = structure_loss(head, no_image, encode(texts), collate_structure([None], texts))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
+def check_image(model: CLIP, args: argparse.Namespace) -> None:
+    head = StructureHead(model.config.embed_dim)
+    params = [*model.visual.parameters(), *head.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
+    size = model.config.preprocess.image_size
+    data = FreshPairs(
+        0, (args.steps + 1) * 32, size, negatives=0, crop_fraction=0.0, structure=True
+    )
+    probes = []
+    for index in range(40):
+        scene = sample_scene(scene_rng(5, index, "probe"))
+        pixels = torch.from_numpy(np.array(resize_for_clip(scene.pil_image(), size, "squash")))
+        binding = [p for p in probe_pairs(scene)[0] if p.kind == "binding"]
+        probes.append((pixels, scene_targets(scene), binding))
+
+    def evaluate() -> tuple[float, float, int]:
+        model.eval()
+        errors, hits = [], []
+        with torch.no_grad():
+            for pixels, targets, pairs in probes:
+                image = pixels_from_uint8(pixels[None], model.config.preprocess)
+                logits, coords = head(model.encode_image(image))
+                error = (coords[0] - torch.from_numpy(targets.coords)).norm(dim=-1)
+                errors += error[torch.from_numpy(targets.located)].tolist()
+                for pair in pairs:
+                    true = torch.from_numpy(text_targets(pair.positive).present).bool()
+                    false = torch.from_numpy(text_targets(pair.negative).present).bool()
+                    hits.append(bool(logits[0, true].mean() > logits[0, false].mean()))
+        model.train()
+        return float(np.mean(errors)), float(np.mean(hits)), len(hits)
+
+    start = time.perf_counter()
+    for step in range(args.steps + 1):
+        if step % args.every == 0:
+            error, binding, pairs = evaluate()
+            print(f"step {step}: position error {error:.3f}, binding {binding:.3f} "
+                  f"({pairs} pairs) ({time.perf_counter() - start:.0f} s)", flush=True)  # fmt: skip
+        samples = [data[step * 32 + k] for k in range(32)]
+        images = pixels_from_uint8(torch.stack([s.image for s in samples]), model.config.preprocess)
+        batch = collate_structure([s.targets for s in samples], [NO_TEXT])
+        no_text = torch.zeros(1, model.config.embed_dim)
+        loss, _ = structure_loss(head, model.encode_image(images), no_text, batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("tower", choices=("text", "image"))
+    parser.add_argument("--clip", default="shapes-vit", help="CLIP to start from")
+    parser.add_argument("--kind", choices=("relation", "binding"), default="relation")
+    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--every", type=int, default=100, help="evaluate every N steps")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--spatial-readout", action="store_true", help="ViT: add the readout")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    loaded = load_clip(args.clip, device="cpu")
+    model = loaded.model
+    if args.spatial_readout:
+        config = loaded.config
+        vision = dataclasses.replace(config.vision, spatial_readout=True)
+        model = CLIP(dataclasses.replace(config, vision=vision))
+        model.load_state_dict(loaded.model.state_dict(), strict=False)  # readout starts at 0
+    if args.tower == "text":
+        check_text(model, loaded.tokenizer, args)
+    else:
+        check_image(model, args)
+
+
+if __name__ == "__main__":
+    main()
