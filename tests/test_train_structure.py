@@ -146,3 +146,22 @@ def test_training_with_the_head_logs_it_and_saves_a_plain_clip(tmp_path):
         negclip_config(on_the_fly=False, negatives=0, positions=False, structure_weight=1.0)
     with pytest.raises(InputError, match="structure_weight"):
         negclip_config(structure_weight=-1.0)
+
+
+def test_batches_move_every_tensor_with_the_loop():
+    """accelerate's send_to_device moves only tensors, containers and objects with ``.to``:
+    the batch dataclasses must move all their tensors, the nested targets included (checked on
+    the meta device, which needs no GPU)."""
+    import dataclasses
+
+    from accelerate.utils import send_to_device
+
+    task = negclip_task(steps=2, structure_weight=1.0, composition=0.8, negative_weight=1.0)
+    data = task.train_dataset()
+    batch = task.collate([data[i] for i in range(4)])
+    moved = send_to_device(batch, "meta")
+    assert type(moved) is type(batch) and batch.images.device.type == "cpu"
+    fields = [getattr(moved, f.name) for f in dataclasses.fields(moved)]
+    fields += [getattr(moved.structure, f.name) for f in dataclasses.fields(moved.structure)]
+    tensors = [f for f in fields if isinstance(f, torch.Tensor)]
+    assert len(tensors) == 14 and all(t.device.type == "meta" for t in tensors)

@@ -45,7 +45,7 @@ from refseg.clip.preprocess import resize_for_clip
 from refseg.clip.tokenizer import ClipTokenizer
 from refseg.errors import InputError
 from refseg.train.fresh_pairs import MAX_NEGATIVES, FreshPairs, FreshSample, pad_negatives
-from refseg.train.loop import LoopConfig, TaskBase, gather_with_grad, train
+from refseg.train.loop import LoopConfig, TaskBase, gather_with_grad, move_fields, train
 from refseg.train.negatives_loss import (
     hard_negative_accuracy,
     negclip_loss,
@@ -399,8 +399,8 @@ def default_pair_source() -> PairSource:
 
 def pixels_from_uint8(images: torch.Tensor, preprocess: PreprocessConfig) -> torch.Tensor:
     """``uint8 [B, S, S, 3]`` -> CLIP-normalised ``float32 [B, 3, S, S]``."""
-    mean = torch.tensor(preprocess.mean).view(1, 3, 1, 1)
-    std = torch.tensor(preprocess.std).view(1, 3, 1, 1)
+    mean = torch.tensor(preprocess.mean, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(preprocess.std, device=images.device).view(1, 3, 1, 1)
     return (images.permute(0, 3, 1, 2).float() / 255.0 - mean) / std
 
 
@@ -440,7 +440,7 @@ def contrastive_loss(
         same = caption_ids[:, None] == caption_ids[None, :]
         same.fill_diagonal_(False)
         logits = logits.masked_fill(same, float("-inf"))
-    target = torch.arange(logits.shape[0])
+    target = torch.arange(logits.shape[0], device=logits.device)
     return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
 
 
@@ -485,10 +485,12 @@ def retrieval_accuracy(model: CLIP, pool: PairPool, eot_id: int, chunk: int) -> 
     hits_i2t = hits_t2i = total = 0
     for start in range(0, len(pool) - 1, chunk):
         rows = slice(start, min(start + chunk, len(pool)))
-        pixels = pixels_from_uint8(pool.images[rows], model.config.preprocess)
+        device = model.logit_scale.device
+        pixels = pixels_from_uint8(pool.images[rows].to(device), model.config.preprocess)
         image = F.normalize(model.encode_image(pixels), dim=-1)
-        text = F.normalize(model.encode_text(trim_tokens(pool.tokens[rows]), eot_id), dim=-1)
-        sims = image @ text.t()
+        tokens = trim_tokens(pool.tokens[rows]).to(device)
+        text = F.normalize(model.encode_text(tokens, eot_id), dim=-1)
+        sims = (image @ text.t()).cpu()
         ids = pool.caption_ids[rows]
         hits_i2t += int((ids[sims.argmax(dim=1)] == ids).sum())
         # text -> image: right if the chosen image carries the same caption
@@ -526,15 +528,15 @@ def crop_accuracy(
 
     model.eval()
     labels = [(c, s) for c in colors for s in shapes]
-    text = model.encode_text(
-        trim_tokens(tokenizer([with_article(f"{c} {s}") for c, s in labels])), tokenizer.eot_id
-    )
+    device = model.logit_scale.device
+    tokens = trim_tokens(tokenizer([with_article(f"{c} {s}") for c, s in labels])).to(device)
+    text = model.encode_text(tokens, tokenizer.eot_id)
     text = F.normalize(text, dim=-1)
     size = model.config.preprocess.image_size
     pixels = pixels_from_uint8(
         torch.stack(
             [torch.from_numpy(np.array(resize_for_clip(c, size, "squash"))) for c, _, _ in crops]
-        ),
+        ).to(device),
         model.config.preprocess,
     )
     best = [
@@ -595,6 +597,10 @@ class ContrastiveBatch:
     negative_ids: torch.Tensor | None = None
     negative_valid: torch.Tensor | None = None
     structure: StructureBatch | None = None
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> ContrastiveBatch:
+        """Every tensor on ``device`` (the loop moves batches with this)."""
+        return move_fields(self, device, non_blocking)
 
 
 class ContrastiveTask(TaskBase):

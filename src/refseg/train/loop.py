@@ -54,6 +54,7 @@ rank x B up to float rounding in the gradient average (< 1e-5 after a few AdamW 
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import math
@@ -288,6 +289,19 @@ class _GatherWithGrad(torch.autograd.Function):
 
 def _distributed() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def move_fields(batch: Any, device: torch.device | str, non_blocking: bool = False) -> Any:
+    """A copy of dataclass ``batch`` with every field that has a ``.to`` (tensors, nested
+    batches) moved to ``device``: a batch dataclass's ``to``, which the loop's
+    ``accelerate.utils.send_to_device`` calls (it moves only tensors, containers and objects
+    with ``.to``)."""
+    moved = {
+        f.name: getattr(batch, f.name).to(device, non_blocking=non_blocking)
+        for f in dataclasses.fields(batch)
+        if hasattr(getattr(batch, f.name), "to")
+    }
+    return dataclasses.replace(batch, **moved)
 
 
 def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:

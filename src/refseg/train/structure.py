@@ -34,6 +34,7 @@ from refseg.data.shapes.negatives import (
 )
 from refseg.data.shapes.scene import Scene
 from refseg.data.shapes.words import COLORS, SHAPES
+from refseg.train.loop import move_fields
 
 TYPES: tuple[tuple[str, str], ...] = tuple((c, s) for c in COLORS for s in SHAPES)
 TYPE_INDEX: dict[tuple[str, str], int] = {t: i for i, t in enumerate(TYPES)}
@@ -159,6 +160,10 @@ class StructureBatch:
     text_weight: torch.Tensor  # [R, T]
     order: torch.Tensor  # int64 [R, 3]
     side: torch.Tensor  # int64 [R, 3]
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> StructureBatch:
+        """Every tensor on ``device``."""
+        return move_fields(self, device, non_blocking)
 
 
 def collate_structure(images: list[ImageTargets | None], texts: list[str]) -> StructureBatch:
