@@ -144,8 +144,9 @@ def test_training_with_the_head_logs_it_and_saves_a_plain_clip(tmp_path):
     assert hasattr(again.build_model(), "structure_head")
     with pytest.raises(InputError, match="on-the-fly"):
         negclip_config(on_the_fly=False, negatives=0, positions=False, structure_weight=1.0)
-    with pytest.raises(InputError, match="structure_weight"):
-        negclip_config(structure_weight=-1.0)
+    for bad in (-1.0, math.inf, math.nan):
+        with pytest.raises(InputError, match="structure_weight"):
+            negclip_config(structure_weight=bad)
 
 
 def test_batches_move_every_tensor_with_the_loop():

@@ -256,10 +256,10 @@ class ContrastiveConfig:
             "crop_fraction": 0.0 <= self.crop_fraction <= 1.0,
             "probe_scenes": self.probe_scenes >= 0,
             "probe_seed": self.probe_seed >= 0,
-            "negative_weight": self.negative_weight >= 0.0,
+            "negative_weight": 0.0 <= self.negative_weight < math.inf,
             "composition": 0.0 <= self.composition <= 1.0,
             "max_objects": self.max_objects is None or self.max_objects >= 1,
-            "structure_weight": self.structure_weight >= 0.0,
+            "structure_weight": 0.0 <= self.structure_weight < math.inf,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -268,7 +268,7 @@ class ContrastiveConfig:
                 "batch_size >= 2, pool_size >= batch_size, lr > 0, seed, warmup_steps, "
                 f"probe_scenes and probe_seed >= 0, negatives in 0..{MAX_NEGATIVES}, "
                 "crop_fraction and composition in [0, 1], negative_weight and "
-                "structure_weight >= 0"
+                "structure_weight finite and >= 0"
             )
         fresh_only = (
             self.negatives, self.positions, self.composition, self.twins, self.structure_weight
