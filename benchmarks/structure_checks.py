@@ -14,8 +14,14 @@ structure loss only (no contrastive term), AdamW, 1 thread:
   image, for types that occur once) and, on the binding probe pairs, the share whose true
   types outscore the swapped ones.
 
+A third command decodes a ``--structure-weight`` run's head (its ``checkpoint.pt``) on the
+probe pairs of fresh scenes: on relation pairs, how often each tower's head puts the two
+types in the stated order and how often the cosine prefers the true caption; on binding pairs,
+how often each tower's head scores the true caption's types above the swapped ones.
+
     python benchmarks/structure_checks.py text --kind relation --steps 600
     python benchmarks/structure_checks.py image --steps 300 --spatial-readout
+    python benchmarks/structure_checks.py decode --run runs/structure/W
 """
 
 from __future__ import annotations
@@ -147,9 +153,65 @@ def check_image(model: CLIP, args: argparse.Namespace) -> None:
         optimizer.step()
 
 
+def decode_run(args: argparse.Namespace) -> None:
+    import json
+    from pathlib import Path
+
+    import torch.nn.functional as F
+
+    from refseg.train.contrastive import ContrastiveConfig, ContrastiveTask
+
+    run = Path(args.run)
+    config = ContrastiveConfig(**json.loads((run / "TRAINING.json").read_text())["config"])
+    task = ContrastiveTask(config, evaluate_crops=False, progress=False)
+    model = task.build_model()
+    state = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)
+    model.load_state_dict(state["model"])
+    model.eval()
+    head, tokenizer = model.structure_head, task.tokenizer
+    size = model.config.preprocess.image_size
+    counts: dict[str, list[bool]] = {}
+    with torch.no_grad():
+        for index in range(args.scenes):
+            scene = sample_scene(scene_rng(args.seed, index, "probe"))
+            pixels = torch.from_numpy(np.array(resize_for_clip(scene.pil_image(), size, "squash")))
+            image = model.encode_image(pixels_from_uint8(pixels[None], model.config.preprocess))
+            image_logits, image_coords = head(image)
+            for pair in probe_pairs(scene)[0]:
+                if pair.kind == "position":
+                    continue
+                tokens = trim_tokens(tokenizer([pair.positive, pair.negative]))
+                text = model.encode_text(tokens, tokenizer.eot_id)
+                text_logits, text_coords = head(text)
+                cosine = F.cosine_similarity(image, text)
+                counts.setdefault(f"{pair.kind}: cosine prefers the true caption", []).append(
+                    bool(cosine[0] > cosine[1])
+                )
+                true, false = text_targets(pair.positive), text_targets(pair.negative)
+                if pair.kind == "relation" and true.order[0] >= 0:
+                    first, second, axis = true.order
+                    for tower, coords in (("image", image_coords), ("text", text_coords)):
+                        counts.setdefault(f"relation: {tower} head orders the types", []).append(
+                            bool(coords[0, second, axis] > coords[0, first, axis])
+                        )
+                if pair.kind == "binding":
+                    yes = torch.from_numpy(true.present).bool()
+                    no = torch.from_numpy(false.present).bool()
+                    for tower, logits in (("image", image_logits), ("text", text_logits)):
+                        counts.setdefault(
+                            f"binding: {tower} head prefers the true types", []
+                        ).append(bool(logits[0, yes].mean() > logits[0, no].mean()))
+    print(f"{run} at step {state['step']}, probe seed {args.seed}, {args.scenes} scenes")
+    for name, hits in sorted(counts.items()):
+        print(f"  {name:<48} {np.mean(hits):.3f} ({len(hits)} pairs)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("tower", choices=("text", "image"))
+    parser.add_argument("tower", choices=("text", "image", "decode"))
+    parser.add_argument("--run", help="decode: a --structure-weight run's directory")
+    parser.add_argument("--seed", type=int, default=5, help="decode: probe seed")
+    parser.add_argument("--scenes", type=int, default=60, help="decode: probe scenes")
     parser.add_argument("--clip", default="shapes-vit", help="CLIP to start from")
     parser.add_argument("--kind", choices=("relation", "binding"), default="relation")
     parser.add_argument("--steps", type=int, default=600)
@@ -159,6 +221,11 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
+    if args.tower == "decode":
+        if not args.run:
+            parser.error("decode needs --run DIR")
+        decode_run(args)
+        return
     loaded = load_clip(args.clip, device="cpu")
     model = loaded.model
     if args.spatial_readout:
