@@ -218,6 +218,9 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=100, help="evaluate every N steps")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--spatial-readout", action="store_true", help="ViT: add the readout")
+    parser.add_argument(
+        "--from-scratch", action="store_true", help="random weights of --clip's architecture"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -233,6 +236,8 @@ def main() -> None:
         vision = dataclasses.replace(config.vision, spatial_readout=True)
         model = CLIP(dataclasses.replace(config, vision=vision))
         model.load_state_dict(loaded.model.state_dict(), strict=False)  # readout starts at 0
+    if args.from_scratch:
+        model = CLIP(model.config)
     if args.tower == "text":
         check_text(model, loaded.tokenizer, args)
     else:
