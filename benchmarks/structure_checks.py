@@ -14,7 +14,11 @@ structure loss only (no contrastive term), AdamW, 1 thread:
   image, for types that occur once) and, on the binding probe pairs, the share whose true
   types outscore the swapped ones.
 
-A third command decodes a ``--structure-weight`` run's head (its ``checkpoint.pt``) on the
+``patches`` asks whether a ViT's final patch tokens (``ln_post``, frozen) carry each
+object's colour, shape and colour x shape type: linear classifiers trained on the tokens of
+patches that one object covers for at least half (300 fresh scenes), scored on 100 others.
+
+A further command decodes a ``--structure-weight`` run's head (its ``checkpoint.pt``) on the
 probe pairs of fresh scenes: on relation pairs, how often each tower's head puts the two
 types in the stated order and how often the cosine prefers the true caption; on binding pairs,
 how often each tower's head scores the true caption's types above the swapped ones.
@@ -22,6 +26,7 @@ how often each tower's head scores the true caption's types above the swapped on
     python benchmarks/structure_checks.py text --kind relation --steps 600
     python benchmarks/structure_checks.py image --steps 300 --spatial-readout
     python benchmarks/structure_checks.py decode --run runs/structure/W
+    python benchmarks/structure_checks.py patches
 """
 
 from __future__ import annotations
@@ -153,6 +158,52 @@ def check_image(model: CLIP, args: argparse.Namespace) -> None:
         optimizer.step()
 
 
+def patch_labels(model: CLIP, scenes: range, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Final patch tokens ``[N, C]`` (input squashed to ``size``) of the patches one object
+    covers for at least half, and that object's type index ``[N]``."""
+    grid = size // model.visual.patch_size
+    tokens, labels = [], []
+    with torch.no_grad():
+        for index in scenes:
+            scene = sample_scene(scene_rng(11, index, "probe"))
+            pixels = torch.from_numpy(np.array(resize_for_clip(scene.pil_image(), size, "squash")))
+            image = pixels_from_uint8(pixels[None], model.config.preprocess)
+            final = model.visual.run_blocks(model.visual.embed(image))
+            patches = model.visual.ln_post(final[0, 1:])  # [grid*grid, C]
+            masks = torch.from_numpy(scene.masks).float()[:, None]  # [N, 1, H, W]
+            cover = torch.nn.functional.adaptive_avg_pool2d(masks, grid)[:, 0].flatten(1)
+            share, owner = cover.max(dim=0)  # per patch: the object covering most of it
+            for patch in (share >= 0.5).nonzero().flatten().tolist():
+                obj = scene.objects[int(owner[patch])]
+                tokens.append(patches[patch])
+                labels.append(TYPE_INDEX[(obj.color, obj.shape)])
+    return torch.stack(tokens), torch.tensor(labels)
+
+
+def check_patches(model: CLIP, size: int) -> None:
+    train_x, train_y = patch_labels(model, range(300), size)
+    test_x, test_y = patch_labels(model, range(300, 400), size)
+    shapes = len(SHAPES)
+    targets = {
+        "colour": lambda y: y // shapes,
+        "shape": lambda y: y % shapes,
+        "type (colour x shape)": lambda y: y,
+    }
+    for name, target in targets.items():
+        classes = int(target(torch.tensor(len(TYPE_INDEX) - 1))) + 1
+        probe = torch.nn.Linear(train_x.shape[1], classes)
+        optimizer = torch.optim.Adam(probe.parameters(), lr=1e-2)
+        for _ in range(300):  # full-batch: a few thousand tokens
+            loss = torch.nn.functional.cross_entropy(probe(train_x), target(train_y))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        with torch.no_grad():
+            accuracy = (probe(test_x).argmax(dim=1) == target(test_y)).float().mean()
+        print(f"  {name:<22} {float(accuracy):.3f} on {len(test_y)} held-out patches "
+              f"({len(train_y)} to train)")  # fmt: skip
+
+
 def decode_run(args: argparse.Namespace) -> None:
     import json
     from pathlib import Path
@@ -208,7 +259,7 @@ def decode_run(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("tower", choices=("text", "image", "decode"))
+    parser.add_argument("tower", choices=("text", "image", "decode", "patches"))
     parser.add_argument("--run", help="decode: a --structure-weight run's directory")
     parser.add_argument("--seed", type=int, default=5, help="decode: probe seed")
     parser.add_argument("--scenes", type=int, default=60, help="decode: probe scenes")
@@ -218,6 +269,9 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=100, help="evaluate every N steps")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--spatial-readout", action="store_true", help="ViT: add the readout")
+    parser.add_argument(
+        "--image-size", type=int, help="patches: input side (default: the CLIP's own)"
+    )
     parser.add_argument(
         "--from-scratch", action="store_true", help="random weights of --clip's architecture"
     )
@@ -238,7 +292,13 @@ def main() -> None:
         model.load_state_dict(loaded.model.state_dict(), strict=False)  # readout starts at 0
     if args.from_scratch:
         model = CLIP(model.config)
-    if args.tower == "text":
+    if args.tower == "patches":
+        if not model.config.vision.is_vit:
+            parser.error(f"patches reads ViT patch tokens; {args.clip} is not a ViT")
+        size = args.image_size or model.config.preprocess.image_size
+        print(f"{args.clip} at {size} px: linear probes on frozen final patch tokens")
+        check_patches(model, size)
+    elif args.tower == "text":
         check_text(model, loaded.tokenizer, args)
     else:
         check_image(model, args)
