@@ -59,6 +59,11 @@ from refseg.train.structure import (
 NO_TEXT = "-"  # a text outside the grammar: no text target, so only images count
 
 
+def scene_pixels(scene, size: int) -> torch.Tensor:
+    """A scene squashed to the model's input: ``uint8 [size, size, 3]``."""
+    return torch.from_numpy(np.array(resize_for_clip(scene.pil_image(), size, "squash")))
+
+
 def random_caption(rng: random.Random, kind: str) -> str:
     """A two-object relation or list caption of random colours and shapes."""
     (c1, c2), (s1, s2) = rng.sample(COLORS, 2), rng.sample(SHAPES, 2)
@@ -122,7 +127,7 @@ def check_image(model: CLIP, args: argparse.Namespace) -> None:
     probes = []
     for index in range(40):
         scene = sample_scene(scene_rng(5, index, "probe"))
-        pixels = torch.from_numpy(np.array(resize_for_clip(scene.pil_image(), size, "squash")))
+        pixels = scene_pixels(scene, size)
         binding = [p for p in probe_pairs(scene)[0] if p.kind == "binding"]
         probes.append((pixels, scene_targets(scene), binding))
 
@@ -136,8 +141,8 @@ def check_image(model: CLIP, args: argparse.Namespace) -> None:
                 error = (coords[0] - torch.from_numpy(targets.coords)).norm(dim=-1)
                 errors += error[torch.from_numpy(targets.located)].tolist()
                 for pair in pairs:
-                    true = torch.from_numpy(text_targets(pair.positive).present).bool()
-                    false = torch.from_numpy(text_targets(pair.negative).present).bool()
+                    true = torch.tensor(text_targets(pair.positive).present).bool()
+                    false = torch.tensor(text_targets(pair.negative).present).bool()
                     hits.append(bool(logits[0, true].mean() > logits[0, false].mean()))
         model.train()
         return float(np.mean(errors)), float(np.mean(hits)), len(hits)
@@ -166,7 +171,7 @@ def patch_labels(model: CLIP, scenes: range, size: int) -> tuple[torch.Tensor, t
     with torch.no_grad():
         for index in scenes:
             scene = sample_scene(scene_rng(11, index, "probe"))
-            pixels = torch.from_numpy(np.array(resize_for_clip(scene.pil_image(), size, "squash")))
+            pixels = scene_pixels(scene, size)
             image = pixels_from_uint8(pixels[None], model.config.preprocess)
             final = model.visual.run_blocks(model.visual.embed(image))
             patches = model.visual.ln_post(final[0, 1:])  # [grid*grid, C]
@@ -225,7 +230,7 @@ def decode_run(args: argparse.Namespace) -> None:
     with torch.no_grad():
         for index in range(args.scenes):
             scene = sample_scene(scene_rng(args.seed, index, "probe"))
-            pixels = torch.from_numpy(np.array(resize_for_clip(scene.pil_image(), size, "squash")))
+            pixels = scene_pixels(scene, size)
             image = model.encode_image(pixels_from_uint8(pixels[None], model.config.preprocess))
             image_logits, image_coords = head(image)
             for pair in probe_pairs(scene)[0]:
@@ -246,8 +251,8 @@ def decode_run(args: argparse.Namespace) -> None:
                             bool(coords[0, second, axis] > coords[0, first, axis])
                         )
                 if pair.kind == "binding":
-                    yes = torch.from_numpy(true.present).bool()
-                    no = torch.from_numpy(false.present).bool()
+                    yes = torch.tensor(true.present).bool()
+                    no = torch.tensor(false.present).bool()
                     for tower, logits in (("image", image_logits), ("text", text_logits)):
                         counts.setdefault(
                             f"binding: {tower} head prefers the true types", []

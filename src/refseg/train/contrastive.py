@@ -483,9 +483,9 @@ def retrieval_accuracy(model: CLIP, pool: PairPool, eot_id: int, chunk: int) -> 
     """
     model.eval()
     hits_i2t = hits_t2i = total = 0
+    device = model.logit_scale.device
     for start in range(0, len(pool) - 1, chunk):
         rows = slice(start, min(start + chunk, len(pool)))
-        device = model.logit_scale.device
         pixels = pixels_from_uint8(pool.images[rows].to(device), model.config.preprocess)
         image = F.normalize(model.encode_image(pixels), dim=-1)
         tokens = trim_tokens(pool.tokens[rows]).to(device)
@@ -764,18 +764,21 @@ class ContrastiveTask(TaskBase):
             torch.tensor([caption_id(c) for c in captions], dtype=torch.long),
         )
         count = self.config.negatives
+        negatives: list[str] = []  # K padded texts per pair, row-major
         if count:
-            texts, valid = [], []
+            valid = []
             for sample in samples:
                 padded, real = pad_negatives(sample.caption, sample.negatives, count)
-                texts += padded
+                negatives += padded
                 valid += real
-            batch.negative_tokens = self.tokenizer(texts)
-            batch.negative_ids = torch.tensor([caption_id(t) for t in texts], dtype=torch.long)
+            batch.negative_tokens = self.tokenizer(negatives)
+            batch.negative_ids = torch.tensor(
+                [caption_id(t) for t in negatives], dtype=torch.long
+            )
             batch.negative_valid = torch.tensor(valid, dtype=torch.long)
-        if self.config.structure_weight:
-            texts = captions + (texts if count else [])  # the order they are encoded in
-            batch.structure = collate_structure([s.targets for s in samples], texts)
+        if self.config.structure_weight:  # texts in the order they are encoded in
+            targets = [s.targets for s in samples]
+            batch.structure = collate_structure(targets, captions + negatives)
         return batch
 
     def loss(self, model: CLIP, batch: ContrastiveBatch) -> tuple[torch.Tensor, dict[str, float]]:

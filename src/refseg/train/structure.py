@@ -119,15 +119,22 @@ def _possible_types(mention: Mention) -> list[int]:
     ]
 
 
+def _read_only(targets: TextTargets) -> TextTargets:
+    """``targets`` with its arrays locked: :func:`text_targets` hands one object to every
+    caller of the same caption."""
+    targets.present.flags.writeable = targets.weight.flags.writeable = False
+    return targets
+
+
 @functools.lru_cache(maxsize=65536)
 def text_targets(caption: str) -> TextTargets:
     """The types a caption mentions and the order it states; a caption outside the ShapesRef
-    grammar gets no target (all weights 0)."""
+    grammar gets no target (all weights 0). Cached: the arrays are read-only."""
     parsed = parse_caption(caption)
     present = np.zeros(len(TYPES), dtype=np.float32)
     weight = np.ones(len(TYPES), dtype=np.float32)
     if parsed is None:
-        return TextTargets(present, np.zeros_like(weight))
+        return _read_only(TextTargets(present, np.zeros_like(weight)))
     types = []
     for mention in parsed.mentions:
         index = _type_of(mention)
@@ -144,7 +151,7 @@ def text_targets(caption: str) -> TextTargets:
     if isinstance(parsed, PositionCaption) and types[0] is not None:
         axis, sign = SIDE_ORDER[parsed.side]
         side = (types[0], axis, sign)
-    return TextTargets(present, weight, order, side)
+    return _read_only(TextTargets(present, weight, order, side))
 
 
 @dataclass
