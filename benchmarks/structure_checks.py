@@ -215,14 +215,22 @@ def decode_run(args: argparse.Namespace) -> None:
 
     import torch.nn.functional as F
 
+    from refseg.errors import RefsegError
+    from refseg.train import checkpoint
     from refseg.train.contrastive import ContrastiveConfig, ContrastiveTask
 
     run = Path(args.run)
-    config = ContrastiveConfig(**json.loads((run / "TRAINING.json").read_text())["config"])
-    task = ContrastiveTask(config, evaluate_crops=False, progress=False)
-    model = task.build_model()
-    state = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)
-    model.load_state_dict(state["model"])
+    try:  # a run directory is data: any malformed part ends in one clear line
+        config = ContrastiveConfig(**json.loads((run / "TRAINING.json").read_text())["config"])
+        if not config.structure_weight:
+            raise ValueError("the run trained no structure head (--structure-weight 0)")
+        task = ContrastiveTask(config, evaluate_crops=False, progress=False)
+        model = task.build_model()
+        state = checkpoint.load(run / "checkpoint.pt")  # weights only, format checked
+        model.load_state_dict(state["model"])
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, RefsegError) as exc:
+        message = f"decode: cannot read the run {run}: {type(exc).__name__}: {exc}"
+        raise SystemExit(message) from None
     model.eval()
     head, tokenizer = model.structure_head, task.tokenizer
     size = model.config.preprocess.image_size
