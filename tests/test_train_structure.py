@@ -14,13 +14,18 @@ from refseg.data.shapes.scene import sample_scene, scene_rng
 from refseg.errors import InputError
 from refseg.train.loop import LoopConfig, train
 from refseg.train.structure import (
+    BACKGROUND,
+    IGNORE,
     MARGIN,
+    MIN_COVER,
     ORDER_SCALE,
     SHARPNESS,
     TYPE_INDEX,
     TYPES,
     StructureHead,
     collate_structure,
+    patch_loss,
+    patch_types,
     scene_targets,
     soft_order,
     structure_loss,
@@ -166,3 +171,88 @@ def test_batches_move_every_tensor_with_the_loop():
     fields += [getattr(moved.structure, f.name) for f in dataclasses.fields(moved.structure)]
     tensors = [f for f in fields if isinstance(f, torch.Tensor)]
     assert len(tensors) == 14 and all(t.device.type == "meta" for t in tensors)
+
+
+@pytest.mark.parametrize("grid", [7, 14, 5])
+def test_patch_types_name_the_object_that_covers_each_cell(grid):
+    """Against a cell-by-cell count of mask pixels (5 does not divide 224: uneven cells)."""
+    for index in range(6):
+        scene = sample_scene(scene_rng(11, index))
+        labels = patch_types(scene, grid).reshape(grid, grid)
+        edges_y = [int(i * scene.height / grid) for i in range(grid + 1)]
+        edges_x = [int(i * scene.width / grid) for i in range(grid + 1)]
+        for row in range(grid):
+            for col in range(grid):
+                cells = scene.masks[
+                    :, edges_y[row] : edges_y[row + 1], edges_x[col] : edges_x[col + 1]
+                ]
+                cover = cells.reshape(len(scene), -1).mean(axis=1)
+                if cover.max() < MIN_COVER:
+                    assert labels[row, col] == BACKGROUND
+                else:
+                    obj = scene.objects[int(cover.argmax())]
+                    assert labels[row, col] == TYPE_INDEX[(obj.color, obj.shape)]
+        assert (labels != BACKGROUND).any()
+    with pytest.raises(ValueError, match="grid"):
+        patch_types(scene, 0)
+
+
+def test_patch_loss_is_cross_entropy_over_scene_patches_only():
+    """A zero classifier gives every patch the uniform ln(T + 1); crops (IGNORE rows) add
+    nothing, and a batch of crops only gives a zero loss that still backpropagates."""
+    head = StructureHead(8, patch_width=4)
+    torch.nn.init.zeros_(head.patches.weight)
+    torch.nn.init.zeros_(head.patches.bias)
+    scene = sample_scene(scene_rng(3, 1))
+    batch = collate_structure([scene_targets(scene, patch_grid=7), None], ["a red circle"])
+    assert batch.patch_types.shape == (2, 49) and (batch.patch_types[1] == IGNORE).all()
+    tokens = torch.randn(2, 49, 4, requires_grad=True)
+    loss, metrics = patch_loss(head, tokens, batch.patch_types)
+    assert float(loss.detach()) == pytest.approx(math.log(len(TYPES) + 1), rel=1e-6)
+    on_objects = batch.patch_types[0][batch.patch_types[0] != BACKGROUND]
+    assert len(on_objects)  # uniform logits pick class 0 (argmax's first maximum)
+    assert metrics["structure_patch_accuracy"] == float((on_objects == 0).float().mean())
+    nothing, found = patch_loss(head, tokens, torch.full((2, 49), IGNORE))
+    nothing.backward()
+    assert float(nothing.detach()) == 0.0 and math.isnan(found["structure_patch_accuracy"])
+    # a classifier that reads the label off one-hot tokens is right on every object patch
+    labels = batch.patch_types[:1]
+    reader = StructureHead(8, patch_width=len(TYPES) + 1)
+    torch.nn.init.eye_(reader.patches.weight)
+    torch.nn.init.zeros_(reader.patches.bias)
+    one_hot = torch.nn.functional.one_hot(labels, len(TYPES) + 1).float()
+    _, perfect = patch_loss(reader, one_hot, labels)
+    assert perfect["structure_patch_accuracy"] == 1.0
+    with pytest.raises(ValueError, match="patch classifier"):
+        StructureHead(8).classify_patches(tokens)
+
+
+def test_training_with_the_patch_loss_logs_it_and_refuses_what_cannot_have_it(tmp_path):
+    """shapes-vit's 7 x 7 grid (tiny-vit's 2 x 2 cells are too big for any object to cover)."""
+    from refseg.clip.load import load_clip
+
+    task = negclip_task(
+        steps=2, structure_weight=1.0, patch_weight=1.0, composition=0.8, preset="shapes-vit"
+    )
+    model = task.build_model()
+    assert model.structure_head.patches.in_features == model.config.vision.width
+    data = task.train_dataset()
+    scenes = [s for s in (data[i] for i in range(8)) if s.targets is not None]
+    assert scenes and all(s.targets.patches.shape == (49,) for s in scenes)
+    train(
+        task,
+        LoopConfig(
+            out_dir=tmp_path / "a", steps=2, batch_size=4, threads=1, progress=False, log_every=1
+        ),
+    )
+    logged = [e for e in read_log(tmp_path / "a") if e["split"] == "train"]
+    assert all(e["structure_patch_loss"] > 0 for e in logged)
+    saved = load_clip(tmp_path / "a", device="cpu")
+    assert not any(k.startswith("structure_head") for k in saved.model.state_dict())
+    with pytest.raises(InputError, match="structure head"):
+        negclip_config(patch_weight=1.0)
+    for bad in (-1.0, math.inf, math.nan):
+        with pytest.raises(InputError, match="patch_weight"):
+            negclip_config(structure_weight=1.0, patch_weight=bad)
+    with pytest.raises(InputError, match="ViT"):
+        negclip_task(structure_weight=1.0, patch_weight=1.0, preset="tiny-rn").train_dataset()

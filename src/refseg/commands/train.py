@@ -42,6 +42,7 @@ _CLIP_OPTIONS = (
     "max_objects",
     "spatial_readout",
     "structure_weight",
+    "patch_weight",
 )
 
 
@@ -191,6 +192,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "object's colour, shape and position from the image embedding and the stated order "
         "from the caption's (needs --on-the-fly; not saved; default: "
         f"{base.structure_weight}, off)",
+    )
+    negclip.add_argument(
+        "--patch-weight",
+        type=float,
+        metavar="W",
+        help="ViT presets, with --structure-weight: add W x a cross entropy in which the head "
+        "names the object (colour and shape) under every final patch token of a scene "
+        f"(default: {base.patch_weight}, off)",
     )
     negclip.add_argument(
         "--probe-scenes",

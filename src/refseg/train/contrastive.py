@@ -55,6 +55,7 @@ from refseg.train.structure import (
     StructureBatch,
     StructureHead,
     collate_structure,
+    patch_loss,
     structure_loss,
 )
 from refseg.train.tokenizer import DEFAULT_CONTEXT_LENGTH, DEFAULT_VOCAB_SIZE, train_bpe
@@ -240,6 +241,9 @@ class ContrastiveConfig:
     # shared by both towers must read each object's type and position from the image
     # embedding, and the types and stated order from the caption's. 0: no head.
     structure_weight: float = 0.0
+    # Weight of the patch loss (refseg.train.structure.patch_loss; ViT, needs the structure
+    # head): the head also names the object under every final patch token of scene images.
+    patch_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if isinstance(self.betas, list):
@@ -260,6 +264,7 @@ class ContrastiveConfig:
             "composition": 0.0 <= self.composition <= 1.0,
             "max_objects": self.max_objects is None or self.max_objects >= 1,
             "structure_weight": 0.0 <= self.structure_weight < math.inf,
+            "patch_weight": 0.0 <= self.patch_weight < math.inf,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -267,8 +272,8 @@ class ContrastiveConfig:
                 f"invalid training option(s) {', '.join(bad)}: steps must be >= 1, "
                 "batch_size >= 2, pool_size >= batch_size, lr > 0, seed, warmup_steps, "
                 f"probe_scenes and probe_seed >= 0, negatives in 0..{MAX_NEGATIVES}, "
-                "crop_fraction and composition in [0, 1], negative_weight and "
-                "structure_weight finite and >= 0"
+                "crop_fraction and composition in [0, 1], negative_weight, "
+                "structure_weight and patch_weight finite and >= 0"
             )
         fresh_only = (
             self.negatives, self.positions, self.composition, self.twins, self.structure_weight
@@ -280,6 +285,8 @@ class ContrastiveConfig:
             )
         if self.negative_weight and not self.negatives:
             raise InputError("negative_weight needs hard negatives (--negatives N)")
+        if self.patch_weight and not self.structure_weight:
+            raise InputError("patch_weight needs the structure head (--structure-weight W)")
         preset_config(self.preset, self.vocab_size, self.context_length)  # validates the name
 
     def to_dict(self) -> dict[str, Any]:
@@ -645,6 +652,15 @@ class ContrastiveTask(TaskBase):
     def image_size(self) -> int:
         return preset_config(self.config.preset, self.config.vocab_size, 1).vision.image_size
 
+    def _patch_grid(self) -> int | None:
+        """Side of the image tower's patch grid when the patch loss is on, else ``None``."""
+        if not self.config.patch_weight:
+            return None
+        vision = preset_config(self.config.preset, self.config.vocab_size, 1).vision
+        if not vision.is_vit:
+            raise InputError(f"--patch-weight needs a ViT preset; {self.config.preset} is not")
+        return vision.image_size // vision.patch_size
+
     def _prepare(self) -> None:
         """Render the training pool (or set up fresh pairs) and the tokenizer (once)."""
         if self.pool is not None or self.fresh is not None:
@@ -662,6 +678,7 @@ class ContrastiveTask(TaskBase):
                 twins=config.twins,
                 max_objects=config.max_objects,
                 structure=bool(config.structure_weight),
+                patch_grid=self._patch_grid(),
             )
             if config.twins and int(os.environ.get("WORLD_SIZE", "1")) > 1:
                 # ranks would gather batches of different sizes
@@ -735,7 +752,9 @@ class ContrastiveTask(TaskBase):
         ``structure_head`` when ``structure_weight`` > 0 (left out of the saved model)."""
         model = CLIP(self.model_config())
         if self.config.structure_weight:
-            model.add_module(STRUCTURE_HEAD, StructureHead(model.config.embed_dim))
+            patch_width = model.config.vision.width if self.config.patch_weight else None
+            head = StructureHead(model.config.embed_dim, patch_width)
+            model.add_module(STRUCTURE_HEAD, head)
         initial = self._initial()
         if initial is not None:
             missing, unexpected = model.load_state_dict(initial.model.state_dict(), strict=False)
@@ -784,42 +803,56 @@ class ContrastiveTask(TaskBase):
     def loss(self, model: CLIP, batch: ContrastiveBatch) -> tuple[torch.Tensor, dict[str, float]]:
         if batch.negative_tokens is not None:
             return self._negclip_loss(model, batch)
-        pixels = pixels_from_uint8(batch.images, model.config.preprocess)
-        image = model.encode_image(pixels)
+        image, patches = self._encode_images(model, batch)
         text = model.encode_text(trim_tokens(batch.tokens), self.tokenizer.eot_id)
         image_features, text_features = gather_with_grad(image), gather_with_grad(text)
         ids = gather_with_grad(batch.caption_ids) if self.config.mask_duplicate_captions else None
         loss = contrastive_loss(image_features, text_features, model.logit_scale, ids)
-        return self._with_structure(model, batch, image, text, loss, {})
+        return self._with_structure(model, batch, (image, patches), text, loss, {})
+
+    def _encode_images(
+        self, model: CLIP, batch: ContrastiveBatch
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Image embeddings ``[B, D]``, and the final patch tokens after ``ln_post``
+        (``[B, P, C]``) when the patch loss needs them (else ``None``)."""
+        pixels = pixels_from_uint8(batch.images, model.config.preprocess)
+        if batch.structure is None or batch.structure.patch_types is None:
+            return model.encode_image(pixels), None
+        visual = model.visual
+        tokens = visual.run_blocks(visual.embed(pixels))
+        return visual.head(tokens), visual.ln_post(tokens[:, 1:])
 
     def _with_structure(
         self,
         model: CLIP,
         batch: ContrastiveBatch,
-        image: torch.Tensor,
+        images: tuple[torch.Tensor, torch.Tensor | None],
         text: torch.Tensor,
         loss: torch.Tensor,
         metrics: dict[str, float],
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """``loss`` plus ``structure_weight`` x the structure loss of this rank's embeddings
-        (``text``: captions, then padded negatives); unchanged without a head."""
+        (``images``: embeddings and patch tokens or ``None``; ``text``: captions, then padded
+        negatives) plus ``patch_weight`` x the patch loss; unchanged without a head."""
         if batch.structure is None:
             return loss, metrics
         head = getattr(model, STRUCTURE_HEAD)
+        image, patches = images
         extra, found = structure_loss(head, image, text, batch.structure)
-        return loss + self.config.structure_weight * extra, {
-            **metrics,
-            **found,
-            "structure_loss": float(extra.detach()),
-        }
+        total = loss + self.config.structure_weight * extra
+        found = {**metrics, **found, "structure_loss": float(extra.detach())}
+        if patches is not None:
+            dense, patch_metrics = patch_loss(head, patches, batch.structure.patch_types)
+            total = total + self.config.patch_weight * dense
+            found |= {**patch_metrics, "structure_patch_loss": float(dense.detach())}
+        return total, found
 
     def _negclip_loss(
         self, model: CLIP, batch: ContrastiveBatch
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """NegCLIP over the gathered global batch; padding negatives are dropped after the
         gather (every rank sends ``B x K`` rows)."""
-        pixels = pixels_from_uint8(batch.images, model.config.preprocess)
-        image = model.encode_image(pixels)
+        image, patches = self._encode_images(model, batch)
         image_features = gather_with_grad(image)
         rows = batch.tokens.shape[0]
         # captions and negatives through the text tower in one pass
@@ -847,7 +880,7 @@ class ContrastiveTask(TaskBase):
             image_features.detach(), text_features.detach(), negative_features.detach(), owner
         )
         metrics = {"hard_negative_accuracy": accuracy, "negatives": float(valid.sum())}
-        return self._with_structure(model, batch, image, text, loss, metrics)
+        return self._with_structure(model, batch, (image, patches), text, loss, metrics)
 
     def optimizer(self, model: CLIP) -> torch.optim.Optimizer:
         return _optimizer(model, self.config)

@@ -71,6 +71,8 @@ class FreshPairs(torch.utils.data.Dataset):
         max_objects: at most this many objects per scene (``None``: ShapesRef's 6); fewer
             make every caption's objects easier to find (a curriculum's first stage).
         structure: scene samples carry their :class:`refseg.train.structure.ImageTargets`.
+        patch_grid: with ``structure``, the targets also name the type under each patch of
+            this ``g x g`` grid (the image tower's).
     """
 
     def __init__(
@@ -86,6 +88,7 @@ class FreshPairs(torch.utils.data.Dataset):
         twins: bool = False,
         max_objects: int | None = None,
         structure: bool = False,
+        patch_grid: int | None = None,
     ) -> None:
         from refseg.data.shapes.config import ShapesConfig
 
@@ -99,6 +102,7 @@ class FreshPairs(torch.utils.data.Dataset):
         if not 0.0 <= composition <= 1.0:
             raise InputError(f"composition must lie in [0, 1]; got {composition}")
         self.composition, self.twins, self.structure = composition, twins, structure
+        self.patch_grid = patch_grid
         self.scenes = ShapesConfig() if max_objects is None else ShapesConfig(
             min_objects=min(2, max_objects), max_objects=max_objects
         )
@@ -147,7 +151,7 @@ class FreshPairs(torch.utils.data.Dataset):
         if scene is not None and self.structure:
             from refseg.train.structure import scene_targets
 
-            targets = scene_targets(scene)
+            targets = scene_targets(scene, self.patch_grid)
         return FreshSample(pixels, caption, tuple(n.text for n in found), targets=targets)
 
     def texts(self, count: int) -> Iterator[str]:

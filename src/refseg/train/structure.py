@@ -11,6 +11,12 @@ positions ("left of": the first type's x below the second's). Because the head i
 text embedding can only satisfy the order through the same coordinates the image embedding
 uses, so the two towers meet in a space where "A left of B" and "B left of A" differ.
 
+Optionally (``patch_weight``) the head also names the object under every final patch token of
+the image tower. Why: linear probes on the patch tokens of every shapes CLIP read colour but not
+shape (``benchmarks/structure_checks.py patches``), because in a scene an object spans a patch
+or two and only enlarged crops ever showed its outline; a pooled embedding cannot bind a shape
+that no token carries.
+
 Targets are pure functions of a scene or a caption string; :func:`structure_loss` is a pure
 function of tensors. The head is a training device only: it is not saved with the CLIP.
 """
@@ -57,6 +63,9 @@ MARGIN = 0.1  # an order holds by at least this fraction of the image
 SHARPNESS = 20.0  # slope of the soft hinge (softplus) on an order
 ORDER_SCALE = 0.2  # the hinge's weight: 0.43 at a gap of 0, 0.14 at MARGIN
 COORD_WEIGHT = 4.0  # image positions against presence, so both start near loss 1
+BACKGROUND = len(TYPES)  # patch class of a patch no object covers enough
+MIN_COVER = 0.25  # an object names a patch when its visible pixels fill this much of it
+IGNORE = -100  # patch label of images without targets (crops): cross entropy skips them
 
 
 @dataclass(frozen=True)
@@ -67,11 +76,14 @@ class ImageTargets:
         present: ``float32 [T]``, 1 where at least one object has the type.
         coords: ``float32 [T, 2]``, (x, y) centroid as fractions of the width and height.
         located: ``bool [T]``, the type occurs exactly once (so its position is defined).
+        patches: ``int64 [g * g]`` type of the object under each patch of a g x g grid
+            (row-major, :data:`BACKGROUND` for none), or ``None`` when not asked for.
     """
 
     present: np.ndarray
     coords: np.ndarray
     located: np.ndarray
+    patches: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -94,15 +106,40 @@ class TextTargets:
     side: tuple[int, int, int] = (-1, -1, 0)
 
 
-def scene_targets(scene: Scene) -> ImageTargets:
-    """The presence and the centroid of every type in ``scene``."""
+def scene_targets(scene: Scene, patch_grid: int | None = None) -> ImageTargets:
+    """The presence and the centroid of every type in ``scene``; with ``patch_grid`` also
+    the type under each patch (:func:`patch_types`)."""
     count = np.zeros(len(TYPES), dtype=np.int64)
     coords = np.zeros((len(TYPES), 2), dtype=np.float32)
     for obj, centroid in zip(scene.objects, scene.centroids, strict=True):
         index = TYPE_INDEX[(obj.color, obj.shape)]
         count[index] += 1
         coords[index] = centroid
-    return ImageTargets((count > 0).astype(np.float32), coords, count == 1)
+    patches = None if patch_grid is None else patch_types(scene, patch_grid)
+    return ImageTargets((count > 0).astype(np.float32), coords, count == 1, patches)
+
+
+def patch_types(scene: Scene, grid: int) -> np.ndarray:
+    """``int64 [grid * grid]``, row-major: for each cell of a ``grid x grid`` split of the
+    scene (the patch grid of a model that squashes it), the type of the object whose visible
+    pixels cover most of the cell if they cover at least :data:`MIN_COVER` of it, else
+    :data:`BACKGROUND`."""
+    if not 1 <= grid <= min(scene.height, scene.width):
+        raise ValueError(f"a {scene.width}x{scene.height} scene has no {grid}x{grid} grid")
+    rows = np.arange(grid + 1) * scene.height // grid  # cell i starts at floor(i H / grid)
+    cols = np.arange(grid + 1) * scene.width // grid
+    labels = np.full(grid * grid, BACKGROUND, dtype=np.int64)
+    if not len(scene):
+        return labels
+    masks = scene.masks.astype(np.int64)
+    cover = np.add.reduceat(np.add.reduceat(masks, rows[:-1], axis=1), cols[:-1], axis=2)
+    cell_area = np.outer(np.diff(rows), np.diff(cols))  # [grid, grid]
+    fraction = (cover / cell_area).reshape(len(scene), -1)  # [N, grid * grid]
+    best = fraction.argmax(axis=0)
+    kinds = np.array([TYPE_INDEX[(o.color, o.shape)] for o in scene.objects])
+    covered = fraction.max(axis=0) >= MIN_COVER
+    labels[covered] = kinds[best[covered]]
+    return labels
 
 
 def _type_of(mention: Mention) -> int | None:
@@ -163,6 +200,7 @@ class StructureBatch:
     image_coords: torch.Tensor  # [B, T, 2]
     image_located: torch.Tensor  # bool [B, T]
     has_targets: torch.Tensor  # bool [B]
+    patch_types: torch.Tensor | None  # int64 [B, P], IGNORE for crops; None when not asked
     text_present: torch.Tensor  # [R, T]
     text_weight: torch.Tensor  # [R, T]
     order: torch.Tensor  # int64 [R, 3]
@@ -181,11 +219,19 @@ def collate_structure(images: list[ImageTargets | None], texts: list[str]) -> St
     )
     filled = [t if t is not None else empty for t in images]
     said = [text_targets(t) for t in texts]
+    patches = None
+    with_patches = [t.patches for t in images if t is not None and t.patches is not None]
+    if with_patches:
+        blank = np.full_like(with_patches[0], IGNORE)
+        patches = torch.from_numpy(
+            np.stack([blank if t is None or t.patches is None else t.patches for t in images])
+        )
     return StructureBatch(
         image_present=torch.from_numpy(np.stack([t.present for t in filled])),
         image_coords=torch.from_numpy(np.stack([t.coords for t in filled])),
         image_located=torch.from_numpy(np.stack([t.located for t in filled])),
         has_targets=torch.tensor([t is not None for t in images]),
+        patch_types=patches,
         text_present=torch.from_numpy(np.stack([t.present for t in said])),
         text_weight=torch.from_numpy(np.stack([t.weight for t in said])),
         order=torch.tensor([t.order for t in said], dtype=torch.long),
@@ -195,11 +241,20 @@ def collate_structure(images: list[ImageTargets | None], texts: list[str]) -> St
 
 class StructureHead(nn.Module):
     """Linear map of a unit embedding (scaled by sqrt(dim), so entries are O(1)) to a presence
-    logit and a sigmoid (x, y) per type: ``[N, D] -> ([N, T], [N, T, 2])``."""
+    logit and a sigmoid (x, y) per type: ``[N, D] -> ([N, T], [N, T, 2])``. With
+    ``patch_width`` also a linear classifier of final patch tokens (after ``ln_post``) into
+    the types and :data:`BACKGROUND` (:meth:`classify_patches`)."""
 
-    def __init__(self, embed_dim: int) -> None:
+    def __init__(self, embed_dim: int, patch_width: int | None = None) -> None:
         super().__init__()
         self.proj = nn.Linear(embed_dim, 3 * len(TYPES))
+        self.patches = None if patch_width is None else nn.Linear(patch_width, len(TYPES) + 1)
+
+    def classify_patches(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``[B, P, C]`` patch tokens -> ``[B, P, T + 1]`` logits."""
+        if self.patches is None:
+            raise ValueError("this head was built without a patch classifier (patch_width)")
+        return self.patches(tokens)
 
     def forward(self, embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         unit = F.normalize(embedding, dim=-1) * math.sqrt(embedding.shape[-1])
@@ -211,6 +266,23 @@ def soft_order(gap: torch.Tensor) -> torch.Tensor:
     """Loss of an order that should hold by :data:`MARGIN`, given ``gap`` (how far it holds,
     negative when violated): a softplus hinge, falling to ~0 past twice the margin."""
     return ORDER_SCALE * F.softplus(-(gap - MARGIN) * SHARPNESS)
+
+
+def patch_loss(
+    head: StructureHead, patch_tokens: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Cross entropy of the head's patch classes against ``labels`` (``[B, P]``,
+    :data:`IGNORE` rows skipped), and the accuracy on patches an object covers
+    (``structure_patch_accuracy``; ``nan`` where none)."""
+    logits = head.classify_patches(patch_tokens)
+    counted = labels != IGNORE
+    if not counted.any():
+        return logits.sum() * 0.0, {"structure_patch_accuracy": float("nan")}
+    loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
+    on_objects = counted & (labels != BACKGROUND)
+    correct = logits.detach().argmax(dim=-1) == labels
+    accuracy = float(correct[on_objects].float().mean()) if on_objects.any() else float("nan")
+    return loss, {"structure_patch_accuracy": accuracy}
 
 
 def structure_loss(
