@@ -163,18 +163,27 @@ def check_image(model: CLIP, args: argparse.Namespace) -> None:
         optimizer.step()
 
 
+def cell_features(model: CLIP, image: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Final features of each grid cell, ``[grid * grid, C]``, and the grid side: a ViT's
+    patch tokens after ``ln_post``, a ResNet's trunk map (what its attention pool reads)."""
+    if model.config.vision.is_vit:
+        final = model.visual.run_blocks(model.visual.embed(image))
+        patches = model.visual.ln_post(final[0, 1:])
+        return patches, int(round(patches.shape[0] ** 0.5))
+    trunk = model.visual.trunk(image)[0]  # [C, g, g]
+    return trunk.flatten(1).T, trunk.shape[-1]
+
+
 def patch_labels(model: CLIP, scenes: range, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Final patch tokens ``[N, C]`` (input squashed to ``size``) of the patches one object
+    """Final cell features ``[N, C]`` (input squashed to ``size``) of the cells one object
     covers for at least half, and that object's type index ``[N]``."""
-    grid = size // model.visual.patch_size
     tokens, labels = [], []
     with torch.no_grad():
         for index in scenes:
             scene = sample_scene(scene_rng(11, index, "probe"))
             pixels = scene_pixels(scene, size)
             image = pixels_from_uint8(pixels[None], model.config.preprocess)
-            final = model.visual.run_blocks(model.visual.embed(image))
-            patches = model.visual.ln_post(final[0, 1:])  # [grid*grid, C]
+            patches, grid = cell_features(model, image)
             masks = torch.from_numpy(scene.masks).float()[:, None]  # [N, 1, H, W]
             cover = torch.nn.functional.adaptive_avg_pool2d(masks, grid)[:, 0].flatten(1)
             share, owner = cover.max(dim=0)  # per patch: the object covering most of it
@@ -306,10 +315,8 @@ def main() -> None:
     if args.from_scratch:
         model = CLIP(model.config)
     if args.tower == "patches":
-        if not model.config.vision.is_vit:
-            parser.error(f"patches reads ViT patch tokens; {args.clip} is not a ViT")
         size = args.image_size or model.config.preprocess.image_size
-        print(f"{args.clip} at {size} px: linear probes on frozen final patch tokens")
+        print(f"{args.clip} at {size} px: linear probes on frozen final cell features")
         check_patches(model, size)
     elif args.tower == "text":
         check_text(model, loaded.tokenizer, args)

@@ -248,7 +248,7 @@ class ReferDataset(ImageDataset):
                 f"refs(<split_by>).p and instances.json ({README_HINT})"
             )
         self.split_by = split_by or _default_split_by(folder, name)
-        refs = _load_refs(folder / f"refs({self.split_by}).p")
+        refs = load_refs(folder / f"refs({self.split_by}).p")
         instances = load_json(folder / "instances.json")
         self._check_split(refs)
         self.image_dir = _resolve_image_dir(self.root, name, image_dir)
@@ -433,7 +433,7 @@ def _default_split_by(folder: Path, name: str) -> str:
     )
 
 
-def _load_refs(path: Path) -> list[dict[str, Any]]:
+def load_refs(path: Path) -> list[dict[str, Any]]:
     """Load a refs pickle safely (plain containers only); Python 2 pickles decode as latin-1."""
     if not path.is_file():
         raise DatasetError(f"missing dataset file: {path} ({README_HINT})")
