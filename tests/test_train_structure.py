@@ -256,3 +256,25 @@ def test_training_with_the_patch_loss_logs_it_and_refuses_what_cannot_have_it(tm
             negclip_config(structure_weight=1.0, patch_weight=bad)
     with pytest.raises(InputError, match="ViT"):
         negclip_task(structure_weight=1.0, patch_weight=1.0, preset="tiny-rn").train_dataset()
+
+
+def test_a_112_px_vit_starts_the_224_px_preset_with_its_positions_resized():
+    """``--init shapes-vit --preset shapes-vit-224``: every weight is the init's, the
+    positional table resized as the model itself resizes it for a larger input, so the new
+    model's embedding of a 224 px image equals the shipped model's of the same pixels."""
+    from refseg.clip.load import load_clip
+
+    shipped = load_clip("shapes-vit", device="cpu").model.eval()
+    task = negclip_task(steps=1, preset="shapes-vit-224", init="shapes-vit")
+    model = task.build_model().eval()
+    assert model.config.vision.image_size == model.config.preprocess.image_size == 224
+    new, old = model.state_dict(), shipped.state_dict()
+    assert new.keys() == old.keys()
+    key = "visual.positional_embedding"
+    assert new[key].shape == (1 + 14 * 14, 128) and old[key].shape == (1 + 7 * 7, 128)
+    assert all(torch.equal(new[k], old[k]) for k in new if k != key)
+    pixels = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode_image(pixels), shipped.encode_image(pixels))
+    with pytest.raises(InputError, match="not a shapes-rn model"):
+        negclip_task(steps=1, preset="shapes-rn", init="shapes-vit").build_model()

@@ -40,7 +40,7 @@ from tqdm import tqdm
 from refseg.clip.config import CLIPConfig, PreprocessConfig, TextConfig, VisionConfig
 from refseg.clip.load import save_clip
 from refseg.clip.loaded import LoadedClip
-from refseg.clip.model import CLIP
+from refseg.clip.model import CLIP, interpolate_pos_embedding
 from refseg.clip.preprocess import resize_for_clip
 from refseg.clip.tokenizer import ClipTokenizer
 from refseg.errors import InputError
@@ -705,7 +705,9 @@ class ContrastiveTask(TaskBase):
 
     def _initial(self) -> LoadedClip | None:
         """The CLIP of ``config.init`` on the CPU (loaded once), checked to be the preset's
-        architecture; ``None`` when training from scratch."""
+        architecture (a ViT may differ in input size: ``shapes-vit`` can start
+        ``shapes-vit-224``, its positional table resized); ``None`` when training from
+        scratch."""
         if self.config.init is None:
             return None
         if self._init is None:
@@ -715,6 +717,10 @@ class ContrastiveTask(TaskBase):
             own = loaded.config
             preset = preset_config(self.config.preset, own.text.vocab_size, own.text.context_length)
             plain_vision = dataclasses.replace(own.vision, spatial_readout=False)
+            if own.vision.is_vit:  # the input size is free: positions are resized
+                plain_vision = dataclasses.replace(
+                    plain_vision, image_size=preset.vision.image_size
+                )
             if (preset.vision, preset.text, preset.embed_dim) != (
                 plain_vision,
                 own.text,
@@ -736,7 +742,7 @@ class ContrastiveTask(TaskBase):
         self._prepare()
         config = self.config
         if self._init is not None:
-            chosen = self._init.config
+            chosen = self._resized(self._init.config)
         else:
             chosen = preset_config(config.preset, self.tokenizer.vocab_size, config.context_length)
         if not config.spatial_readout:
@@ -745,6 +751,17 @@ class ContrastiveTask(TaskBase):
             raise InputError(f"--spatial-readout needs a ViT preset; {config.preset} is not")
         return dataclasses.replace(
             chosen, vision=dataclasses.replace(chosen.vision, spatial_readout=True)
+        )
+
+    def _resized(self, config: CLIPConfig) -> CLIPConfig:
+        """``config`` at the preset's input size (the init's may differ, :meth:`_initial`)."""
+        size = preset_config(self.config.preset, self.config.vocab_size, 1).vision.image_size
+        if config.vision.image_size == size:
+            return config
+        return dataclasses.replace(
+            config,
+            vision=dataclasses.replace(config.vision, image_size=size),
+            preprocess=dataclasses.replace(config.preprocess, image_size=size),
         )
 
     def build_model(self) -> CLIP:
@@ -757,7 +774,12 @@ class ContrastiveTask(TaskBase):
             model.add_module(STRUCTURE_HEAD, head)
         initial = self._initial()
         if initial is not None:
-            missing, unexpected = model.load_state_dict(initial.model.state_dict(), strict=False)
+            state = initial.model.state_dict()
+            key = "visual.positional_embedding"
+            if key in state and state[key].shape != model.state_dict()[key].shape:
+                grid = model.config.vision.image_size // model.config.vision.patch_size
+                state[key] = interpolate_pos_embedding(state[key], (grid, grid))
+            missing, unexpected = model.load_state_dict(state, strict=False)
             missing = {k for k in missing if not k.startswith(f"{STRUCTURE_HEAD}.")}
             added = {"visual.spatial_proj"} if self.config.spatial_readout else set()
             if missing - added or unexpected:  # only the new readout and head start fresh
