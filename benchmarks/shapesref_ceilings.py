@@ -9,8 +9,8 @@ With ground-truth proposals, a method scores IoU 1 or about 0, so its mIoU is co
 these accuracies: a method at the first ceiling reads colour and shape perfectly and nothing
 more; to pass it, it must read position, size or relations.
 
-    refseg data shapes DATA --seed 2026 --images 600
-    python benchmarks/shapesref_ceilings.py DATA [--split test]
+    refseg data shapes DATA --seed 1 --images 500     # the dataset of shapesref.md
+    python benchmarks/shapesref_ceilings.py DATA [--split test] [--out benchmarks/shapesref.md]
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ import argparse
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
+
+from bench_utils import splice_section
 
 from refseg.data.refer import in_split, load_json, load_refs
 from refseg.errors import DatasetError
@@ -33,6 +35,14 @@ def matches(annotation: dict[str, Any], wanted: dict[str, Any], shapes: dict[int
         wanted.get("shape") in (None, shapes[annotation["category_id"]])
         and wanted.get("color") in (None, annotation["color"])
         and (not with_size or wanted.get("size") in (None, annotation["size_name"]))
+    )
+
+
+def describe(folder: Path) -> str:
+    """The command that wrote the dataset, from its ``info`` (seed and image count)."""
+    info = load_json(folder / "instances.json").get("info") or {}
+    return (
+        f"refseg data shapes DATA --seed {info.get('seed', '?')} --images {info.get('images', '?')}"
     )
 
 
@@ -65,6 +75,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data", type=Path, help="folder holding shapesref/")
     parser.add_argument("--split", default="test")
+    parser.add_argument("--out", type=Path, help="also write the table as a section of this file")
     args = parser.parse_args()
     try:
         table = ceilings(args.data / "shapesref", args.split)
@@ -77,12 +88,23 @@ def main() -> None:
         raise SystemExit(str(exc)) from None
     if not table["colour + shape"]:
         raise SystemExit(f"{args.data}: no expressions in split {args.split!r}")
-    kinds = list(next(iter(table.values())))
-    counts = next(iter(table.values()))
-    print("| reader | " + " | ".join(f"{k} ({counts[k][1]})" for k in kinds) + " |")
-    print("|---|" + "---:|" * len(kinds))
+    counts = table["colour + shape"]
+    lines = [
+        f"Expected accuracy (%) of a perfect reader blind to the rest of the expression, on "
+        f"the {args.split} split of `{describe(args.data / 'shapesref')}` "
+        "(`python benchmarks/shapesref_ceilings.py DATA`): it "
+        "picks uniformly among the objects with the colour and shape (and size class) the "
+        "expression names. With GT proposals a method's mIoU compares with these: at the "
+        "first row it reads colour and shape and nothing else.",
+        "",
+        "| reader | " + " | ".join(f"{k} ({counts[k][1]})" for k in counts) + " |",
+        "|---|" + "---:|" * len(counts),
+    ]
     for reader, row in table.items():
-        print(f"| {reader} | " + " | ".join(f"{row[k][0]:.1f}" for k in kinds) + " |")
+        lines.append(f"| {reader} | " + " | ".join(f"{row[k][0]:.1f}" for k in counts) + " |")
+    print("\n".join(lines))
+    if args.out is not None:
+        splice_section(args.out, "ceilings", "\n".join(lines))
 
 
 if __name__ == "__main__":

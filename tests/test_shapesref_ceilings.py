@@ -15,16 +15,17 @@ from refseg.data.shapes.writer import generate_image, split_of, write_shapesref
 SCRIPT = Path(__file__).parents[1] / "benchmarks" / "shapesref_ceilings.py"
 
 
-def _ceilings():
+def _ceilings(monkeypatch):
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))  # the script imports bench_utils
     spec = importlib.util.spec_from_file_location("shapesref_ceilings", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.ceilings
 
 
-def test_ceilings_match_the_generated_scenes(tmp_path):
+def test_ceilings_match_the_generated_scenes(tmp_path, monkeypatch):
     write_shapesref(tmp_path, seed=4, images=40)
-    table = _ceilings()(tmp_path / "shapesref", "test")
+    table = _ceilings(monkeypatch)(tmp_path / "shapesref", "test")
     for reader, with_size in (("colour + shape", False), ("colour + shape + size class", True)):
         expected = defaultdict(list)
         for index in range(40):
