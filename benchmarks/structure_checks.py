@@ -18,6 +18,11 @@ structure loss only (no contrastive term), AdamW, 1 thread:
 object's colour, shape and colour x shape type: linear classifiers trained on the tokens of
 patches that one object covers for at least half (300 fresh scenes), scored on 100 others.
 
+``patch-train`` trains a ViT's image tower and the head's patch classifier on the patch loss
+alone (``--patch-weight``'s term: the type under every patch of fresh scenes, batch 32) and
+prints, on the object patches of 64 held-out scenes, how often the predicted colour, shape
+and type are right: can the tower put shape into its patch tokens when told directly?
+
 A further command decodes a ``--structure-weight`` run's head (its ``checkpoint.pt``) on the
 probe pairs of fresh scenes: on relation pairs, how often each tower's head puts the two
 types in the stated order and how often the cosine prefers the true caption; on binding pairs,
@@ -26,7 +31,8 @@ how often each tower's head scores the true caption's types above the swapped on
     python benchmarks/structure_checks.py text --kind relation --steps 600
     python benchmarks/structure_checks.py image --steps 300 --spatial-readout
     python benchmarks/structure_checks.py decode --run runs/structure/W
-    python benchmarks/structure_checks.py patches
+    python benchmarks/structure_checks.py patches [--clip shapes-rn]
+    python benchmarks/structure_checks.py patch-train --image-size 224 --steps 1200 --every 25
 """
 
 from __future__ import annotations
@@ -48,9 +54,12 @@ from refseg.eval.probe import probe_pairs
 from refseg.train.contrastive import pixels_from_uint8, trim_tokens
 from refseg.train.fresh_pairs import FreshPairs
 from refseg.train.structure import (
+    BACKGROUND,
     TYPE_INDEX,
+    TYPES,
     StructureHead,
     collate_structure,
+    patch_loss,
     scene_targets,
     structure_loss,
     text_targets,
@@ -218,6 +227,48 @@ def check_patches(model: CLIP, size: int) -> None:
               f"({len(train_y)} to train)")  # fmt: skip
 
 
+def train_patches(model: CLIP, size: int, args: argparse.Namespace) -> None:
+    """The patch loss alone on the image tower (see the module docstring)."""
+    visual, grid = model.visual, size // model.visual.patch_size
+    head = StructureHead(model.config.embed_dim, visual.ln_post.normalized_shape[0])
+    params = [*visual.parameters(), *head.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
+    scenes = {"negatives": 0, "crop_fraction": 0.0, "structure": True, "patch_grid": grid}
+    data = FreshPairs(0, (args.steps + 1) * 32, size, **scenes)
+    held = FreshPairs(9, 64, size, **scenes)
+    held_out = [held[i] for i in range(64)]
+
+    def tokens(samples: list) -> torch.Tensor:
+        images = torch.stack([s.image for s in samples])
+        final = visual.run_blocks(visual.embed(pixels_from_uint8(images, model.config.preprocess)))
+        return visual.ln_post(final[:, 1:])
+
+    def evaluate() -> str:
+        with torch.no_grad():
+            labels = torch.from_numpy(np.stack([s.targets.patches for s in held_out]))
+            predicted = head.classify_patches(tokens(held_out)).argmax(dim=-1)
+        on_objects = labels != BACKGROUND
+        pairs = list(zip(labels[on_objects].tolist(), predicted[on_objects].tolist(), strict=True))
+        named = [(TYPES[t], TYPES[p] if p < len(TYPES) else (None, None)) for t, p in pairs]
+        colour = np.mean([t[0] == p[0] for t, p in named])
+        shape = np.mean([t[1] == p[1] for t, p in named])
+        kind = np.mean([t == p for t, p in named])
+        return f"colour {colour:.3f}  shape {shape:.3f}  type {kind:.3f} ({len(pairs)} patches)"
+
+    start = time.time()
+    for step in range(args.steps + 1):
+        if step % args.every == 0:
+            print(f"step {step:>5}  {evaluate()}  {time.time() - start:.0f} s", flush=True)
+        if step == args.steps:
+            break
+        samples = [data[step * 32 + k] for k in range(32)]
+        labels = collate_structure([s.targets for s in samples], [NO_TEXT]).patch_types
+        loss, _ = patch_loss(head, tokens(samples), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
 def decode_run(args: argparse.Namespace) -> None:
     import json
     from pathlib import Path
@@ -281,7 +332,7 @@ def decode_run(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("tower", choices=("text", "image", "decode", "patches"))
+    parser.add_argument("tower", choices=("text", "image", "decode", "patches", "patch-train"))
     parser.add_argument("--run", help="decode: a --structure-weight run's directory")
     parser.add_argument("--seed", type=int, default=5, help="decode: probe seed")
     parser.add_argument("--scenes", type=int, default=60, help="decode: probe scenes")
@@ -292,7 +343,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--spatial-readout", action="store_true", help="ViT: add the readout")
     parser.add_argument(
-        "--image-size", type=int, help="patches: input side (default: the CLIP's own)"
+        "--image-size", type=int, help="patches, patch-train: input side (default: the CLIP's)"
     )
     parser.add_argument(
         "--from-scratch", action="store_true", help="random weights of --clip's architecture"
@@ -318,6 +369,12 @@ def main() -> None:
         size = args.image_size or model.config.preprocess.image_size
         print(f"{args.clip} at {size} px: linear probes on frozen final cell features")
         check_patches(model, size)
+    elif args.tower == "patch-train":
+        if not model.config.vision.is_vit:
+            parser.error(f"patch-train trains ViT patch tokens; {args.clip} is not a ViT")
+        size = args.image_size or model.config.preprocess.image_size
+        print(f"{args.clip} at {size} px: the patch loss alone, lr {args.lr}")
+        train_patches(model, size, args)
     elif args.tower == "text":
         check_text(model, loaded.tokenizer, args)
     else:
