@@ -176,8 +176,7 @@ def cell_features(model: CLIP, image: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Final features of each grid cell, ``[grid * grid, C]``, and the grid side: a ViT's
     patch tokens after ``ln_post``, a ResNet's trunk map (what its attention pool reads)."""
     if model.config.vision.is_vit:
-        final = model.visual.run_blocks(model.visual.embed(image))
-        patches = model.visual.ln_post(final[0, 1:])
+        patches = model.visual.forward_with_patches(image)[1][0]
         return patches, int(round(patches.shape[0] ** 0.5))
     trunk = model.visual.trunk(image)[0]  # [C, g, g]
     return trunk.flatten(1).T, trunk.shape[-1]
@@ -230,7 +229,7 @@ def check_patches(model: CLIP, size: int) -> None:
 def train_patches(model: CLIP, size: int, args: argparse.Namespace) -> None:
     """The patch loss alone on the image tower (see the module docstring)."""
     visual, grid = model.visual, size // model.visual.patch_size
-    head = StructureHead(model.config.embed_dim, visual.ln_post.normalized_shape[0])
+    head = StructureHead(model.config.embed_dim, model.config.vision.width)
     params = [*visual.parameters(), *head.parameters()]
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
     scenes = {"negatives": 0, "crop_fraction": 0.0, "structure": True, "patch_grid": grid}
@@ -240,8 +239,7 @@ def train_patches(model: CLIP, size: int, args: argparse.Namespace) -> None:
 
     def tokens(samples: list) -> torch.Tensor:
         images = torch.stack([s.image for s in samples])
-        final = visual.run_blocks(visual.embed(pixels_from_uint8(images, model.config.preprocess)))
-        return visual.ln_post(final[:, 1:])
+        return visual.forward_with_patches(pixels_from_uint8(images, model.config.preprocess))[1]
 
     def evaluate() -> str:
         with torch.no_grad():

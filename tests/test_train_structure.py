@@ -278,3 +278,17 @@ def test_a_112_px_vit_starts_the_224_px_preset_with_its_positions_resized():
         torch.testing.assert_close(model.encode_image(pixels), shipped.encode_image(pixels))
     with pytest.raises(InputError, match="not a shapes-rn model"):
         negclip_task(steps=1, preset="shapes-rn", init="shapes-vit").build_model()
+
+
+def test_forward_with_patches_is_forward_plus_its_final_patch_tokens():
+    """One pass gives the patch loss its tokens and the contrastive loss its embedding."""
+    from refseg.clip.load import load_clip
+
+    visual = load_clip("shapes-vit", device="cpu").model.visual.eval()
+    pixels = torch.randn(2, 3, 112, 112)
+    with torch.no_grad():
+        embedding, patches = visual.forward_with_patches(pixels)
+        torch.testing.assert_close(embedding, visual(pixels), rtol=0, atol=0)
+        tokens = visual.run_blocks(visual.embed(pixels))
+        torch.testing.assert_close(patches, visual.ln_post(tokens[:, 1:]), rtol=0, atol=0)
+    assert patches.shape == (2, 49, 128)

@@ -236,6 +236,12 @@ class VisionTransformer(nn.Module):
         """Pixels ``[B, 3, H, W]`` -> embeddings ``[B, D]`` (not normalised)."""
         return self.head(self.run_blocks(self.embed(pixels)))
 
+    def forward_with_patches(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The embeddings of :meth:`forward` and, from the same pass, the final patch tokens
+        after ``ln_post`` (``[B, h*w, C]``; what the spatial readout reads)."""
+        tokens = self.run_blocks(self.embed(pixels))
+        return self.head(tokens), self.ln_post(tokens[:, 1:])
+
     def patch_grid(self, pixels: torch.Tensor) -> tuple[int, int]:
         return pixels.shape[-2] // self.patch_size, pixels.shape[-1] // self.patch_size
 

@@ -649,14 +649,19 @@ class ContrastiveTask(TaskBase):
             self.best_metric = "probe_mean"
 
     @property
+    def preset_vision(self) -> VisionConfig:
+        """The preset's image tower (input size, patch size)."""
+        return preset_config(self.config.preset, self.config.vocab_size, 1).vision
+
+    @property
     def image_size(self) -> int:
-        return preset_config(self.config.preset, self.config.vocab_size, 1).vision.image_size
+        return self.preset_vision.image_size
 
     def _patch_grid(self) -> int | None:
         """Side of the image tower's patch grid when the patch loss is on, else ``None``."""
         if not self.config.patch_weight:
             return None
-        vision = preset_config(self.config.preset, self.config.vocab_size, 1).vision
+        vision = self.preset_vision
         if not vision.is_vit:
             raise InputError(f"--patch-weight needs a ViT preset; {self.config.preset} is not")
         return vision.image_size // vision.patch_size
@@ -755,7 +760,7 @@ class ContrastiveTask(TaskBase):
 
     def _resized(self, config: CLIPConfig) -> CLIPConfig:
         """``config`` at the preset's input size (the init's may differ, :meth:`_initial`)."""
-        size = preset_config(self.config.preset, self.config.vocab_size, 1).vision.image_size
+        size = self.image_size
         if config.vision.image_size == size:
             return config
         return dataclasses.replace(
@@ -775,9 +780,10 @@ class ContrastiveTask(TaskBase):
         initial = self._initial()
         if initial is not None:
             state = initial.model.state_dict()
-            key = "visual.positional_embedding"
-            if key in state and state[key].shape != model.state_dict()[key].shape:
-                grid = model.config.vision.image_size // model.config.vision.patch_size
+            key = "visual.positional_embedding"  # a ViT's; _initial allowed another size
+            vision = model.config.vision
+            if vision.is_vit and state[key].shape != model.visual.positional_embedding.shape:
+                grid = vision.image_size // vision.patch_size
                 state[key] = interpolate_pos_embedding(state[key], (grid, grid))
             missing, unexpected = model.load_state_dict(state, strict=False)
             missing = {k for k in missing if not k.startswith(f"{STRUCTURE_HEAD}.")}
@@ -840,9 +846,7 @@ class ContrastiveTask(TaskBase):
         pixels = pixels_from_uint8(batch.images, model.config.preprocess)
         if batch.structure is None or batch.structure.patch_types is None:
             return model.encode_image(pixels), None
-        visual = model.visual
-        tokens = visual.run_blocks(visual.embed(pixels))
-        return visual.head(tokens), visual.ln_post(tokens[:, 1:])
+        return model.visual.forward_with_patches(pixels)
 
     def _with_structure(
         self,
