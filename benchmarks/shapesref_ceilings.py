@@ -28,8 +28,9 @@ from refseg.errors import DatasetError
 READERS = {"colour + shape": False, "colour + shape + size class": True}
 
 
-def matches(annotation: dict[str, Any], wanted: dict[str, Any], shapes: dict[int, str],
-            with_size: bool) -> bool:  # fmt: skip
+def matches(
+    annotation: dict[str, Any], wanted: dict[str, Any], shapes: dict[int, str], with_size: bool
+) -> bool:
     """Whether an object has the colour, shape (and size class) the filter names."""
     return (
         wanted.get("shape") in (None, shapes[annotation["category_id"]])
@@ -38,18 +39,24 @@ def matches(annotation: dict[str, Any], wanted: dict[str, Any], shapes: dict[int
     )
 
 
-def describe(folder: Path) -> str:
+def read_dataset(folder: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The refs (safe unpickler) and ``instances.json`` of a ShapesRef folder."""
+    return load_refs(folder / "refs(unc).p"), load_json(folder / "instances.json")
+
+
+def describe(instances: dict[str, Any]) -> str:
     """The command that wrote the dataset, from its ``info`` (seed and image count)."""
-    info = load_json(folder / "instances.json").get("info") or {}
+    info = instances.get("info")
+    info = info if isinstance(info, dict) else {}
     return (
         f"refseg data shapes DATA --seed {info.get('seed', '?')} --images {info.get('images', '?')}"
     )
 
 
-def ceilings(folder: Path, split: str) -> dict[str, dict[str, tuple[float, int]]]:
+def ceilings(
+    refs: list[dict[str, Any]], instances: dict[str, Any], split: str
+) -> dict[str, dict[str, tuple[float, int]]]:
     """Per reader, per expression kind (and ``all``): expected accuracy (%) and count."""
-    refs = load_refs(folder / "refs(unc).p")
-    instances = load_json(folder / "instances.json")
     shapes = {c["id"]: c["name"] for c in instances["categories"]}
     objects: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for annotation in instances["annotations"]:
@@ -62,8 +69,8 @@ def ceilings(folder: Path, split: str) -> dict[str, dict[str, tuple[float, int]]
                 continue
             for sentence in ref["sentences"]:
                 program = sentence["program"]
-                found = [matches(a, program["filter"], shapes, with_size) for a in
-                         objects[ref["image_id"]]]  # fmt: skip
+                wanted = program["filter"]
+                found = [matches(a, wanted, shapes, with_size) for a in objects[ref["image_id"]]]
                 chance = 1.0 / sum(found)  # the referent always matches its own filter
                 chances[program["kind"]].append(chance)
                 chances["all"].append(chance)
@@ -78,7 +85,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="also write the table as a section of this file")
     args = parser.parse_args()
     try:
-        table = ceilings(args.data / "shapesref", args.split)
+        refs, instances = read_dataset(args.data / "shapesref")
+        table = ceilings(refs, instances, args.split)
     except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
         raise SystemExit(
             f"{args.data}: not a ShapesRef dataset written by `refseg data shapes` "
@@ -91,7 +99,7 @@ def main() -> None:
     counts = table["colour + shape"]
     lines = [
         f"Expected accuracy (%) of a perfect reader blind to the rest of the expression, on "
-        f"the {args.split} split of `{describe(args.data / 'shapesref')}` "
+        f"the {args.split} split of `{describe(instances)}` "
         "(`python benchmarks/shapesref_ceilings.py DATA`): it "
         "picks uniformly among the objects with the colour and shape (and size class) the "
         "expression names. With GT proposals a method's mIoU compares with these: at the "

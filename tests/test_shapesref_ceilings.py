@@ -20,7 +20,7 @@ def _ceilings(monkeypatch):
     spec = importlib.util.spec_from_file_location("shapesref_ceilings", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.ceilings
+    return lambda folder, split: module.ceilings(*module.read_dataset(folder), split)
 
 
 def test_ceilings_match_the_generated_scenes(tmp_path, monkeypatch):
