@@ -33,6 +33,12 @@ how often each tower's head scores the true caption's types above the swapped on
     python benchmarks/structure_checks.py decode --run runs/structure/W
     python benchmarks/structure_checks.py patches [--clip shapes-rn]
     python benchmarks/structure_checks.py patch-train --image-size 224 --steps 1200 --every 25
+    python benchmarks/structure_checks.py patch-train --image-size 224 --steps 1500 --save runs/p1
+
+``patch-train --image-size`` first resizes the tower to that input (its positional table
+resized bicubic, as ``refseg train clip --init`` does across sizes), so the table trains at
+the new grid; ``--save DIR`` writes the result as a CLIP (the head left out) that ``refseg
+train clip --preset shapes-vit-224 --init DIR`` can continue: a first stage of the patch loss.
 """
 
 from __future__ import annotations
@@ -45,8 +51,8 @@ import time
 import numpy as np
 import torch
 
-from refseg.clip.load import load_clip
-from refseg.clip.model import CLIP
+from refseg.clip.load import load_clip, save_clip
+from refseg.clip.model import CLIP, at_input_size, positions_resized
 from refseg.clip.preprocess import resize_for_clip
 from refseg.data.shapes.scene import sample_scene, scene_rng
 from refseg.data.shapes.words import COLORS, RELATION_PHRASES, SHAPES
@@ -226,6 +232,13 @@ def check_patches(model: CLIP, size: int) -> None:
               f"({len(train_y)} to train)")  # fmt: skip
 
 
+def resized_vit(model: CLIP, size: int) -> CLIP:
+    """``model`` (a ViT) built for ``size`` px input, its positional table resized to the grid."""
+    resized = CLIP(at_input_size(model.config, size))
+    resized.load_state_dict(positions_resized(model.state_dict(), resized.config.vision))
+    return resized
+
+
 def train_patches(model: CLIP, size: int, args: argparse.Namespace) -> None:
     """The patch loss alone on the image tower (see the module docstring)."""
     visual, grid = model.visual, size // model.visual.patch_size
@@ -343,6 +356,7 @@ def main() -> None:
     parser.add_argument(
         "--image-size", type=int, help="patches, patch-train: input side (default: the CLIP's)"
     )
+    parser.add_argument("--save", help="patch-train: write the trained CLIP to this directory")
     parser.add_argument(
         "--from-scratch", action="store_true", help="random weights of --clip's architecture"
     )
@@ -371,8 +385,17 @@ def main() -> None:
         if not model.config.vision.is_vit:
             parser.error(f"patch-train trains ViT patch tokens; {args.clip} is not a ViT")
         size = args.image_size or model.config.preprocess.image_size
+        if size % model.visual.patch_size:
+            parser.error(f"--image-size {size} is not a multiple of the patch size")
+        model = resized_vit(model, size)
         print(f"{args.clip} at {size} px: the patch loss alone, lr {args.lr}")
         train_patches(model, size, args)
+        if args.save:
+            metadata = {
+                "stage": f"structure_checks.py patch-train from {args.clip}, "
+                f"{args.steps} steps, lr {args.lr}, {size} px"
+            }
+            print(f"saved {save_clip(model, loaded.tokenizer, args.save, metadata)}")
     elif args.tower == "text":
         check_text(model, loaded.tokenizer, args)
     else:

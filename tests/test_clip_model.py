@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from refseg.clip import load_clip
-from refseg.clip.model import interpolate_pos_embedding
+from refseg.clip.model import CLIP, at_input_size, interpolate_pos_embedding, positions_resized
 
 SENTENCES = [
     "the cat lying on the scooter seat",
@@ -303,6 +303,20 @@ def test_other_resolution_interpolates_positions(tiny_clip):
         wide = torch.randn(1, 3, 32, 48)
         assert tiny_clip.visual.dense_embeddings(wide).shape == (1, 4, 6, 16)
         assert tiny_clip.visual.forward_masked(wide, torch.ones(2, 4, 6), 1).shape == (2, 16)
+
+
+def test_a_vit_rebuilt_for_another_input_size_computes_what_it_did_there(tiny_clip, tiny_rn_clip):
+    """The resized table holds what the model interpolated at run time: same embedding."""
+    rebuilt = CLIP(at_input_size(tiny_clip.config, 48))
+    assert rebuilt.visual.positional_embedding.shape == (37, 64)
+    rebuilt.load_state_dict(positions_resized(tiny_clip.state_dict(), rebuilt.config.vision))
+    pixels = torch.randn(2, 3, 48, 48)
+    with torch.inference_mode():
+        torch.testing.assert_close(rebuilt.encode_image(pixels), tiny_clip.encode_image(pixels))
+    assert at_input_size(tiny_clip.config, 32) is tiny_clip.config
+    rn_state = tiny_rn_clip.state_dict()  # a ResNet's table is left alone
+    kept = positions_resized(rn_state, tiny_rn_clip.config.vision)
+    assert all(kept[k] is rn_state[k] for k in rn_state)
 
 
 # --- ResNet hooks ------------------------------------------------------------------------------

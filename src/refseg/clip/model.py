@@ -16,9 +16,10 @@ Hooks (plain methods, no monkey-patching):
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -172,6 +173,28 @@ def interpolate_pos_embedding(pos: torch.Tensor, grid: tuple[int, int]) -> torch
     patch_pos = F.interpolate(patch_pos, size=grid, mode="bicubic", align_corners=False)
     patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1).to(pos.dtype)
     return torch.cat([cls_pos, patch_pos])
+
+
+def at_input_size(config: CLIPConfig, size: int) -> CLIPConfig:
+    """``config`` with a ViT's input side set to ``size`` px (its patch grid follows)."""
+    if config.vision.image_size == size:
+        return config
+    return dataclasses.replace(
+        config,
+        vision=dataclasses.replace(config.vision, image_size=size),
+        preprocess=dataclasses.replace(config.preprocess, image_size=size),
+    )
+
+
+def positions_resized(state: Mapping[str, torch.Tensor], vision: VisionConfig) -> dict:
+    """A CLIP state dict whose ViT positional table is resized (bicubic) to ``vision``'s grid,
+    so weights trained at one input size load into a model built for another."""
+    state = dict(state)
+    key = "visual.positional_embedding"
+    if vision.is_vit and key in state:
+        grid = vision.image_size // vision.patch_size
+        state[key] = interpolate_pos_embedding(state[key], (grid, grid))
+    return state
 
 
 class VisionTransformer(nn.Module):

@@ -40,7 +40,7 @@ from tqdm import tqdm
 from refseg.clip.config import CLIPConfig, PreprocessConfig, TextConfig, VisionConfig
 from refseg.clip.load import save_clip
 from refseg.clip.loaded import LoadedClip
-from refseg.clip.model import CLIP, interpolate_pos_embedding
+from refseg.clip.model import CLIP, at_input_size, positions_resized
 from refseg.clip.preprocess import resize_for_clip
 from refseg.clip.tokenizer import ClipTokenizer
 from refseg.errors import InputError
@@ -747,7 +747,7 @@ class ContrastiveTask(TaskBase):
         self._prepare()
         config = self.config
         if self._init is not None:
-            chosen = self._resized(self._init.config)
+            chosen = at_input_size(self._init.config, self.image_size)
         else:
             chosen = preset_config(config.preset, self.tokenizer.vocab_size, config.context_length)
         if not config.spatial_readout:
@@ -756,17 +756,6 @@ class ContrastiveTask(TaskBase):
             raise InputError(f"--spatial-readout needs a ViT preset; {config.preset} is not")
         return dataclasses.replace(
             chosen, vision=dataclasses.replace(chosen.vision, spatial_readout=True)
-        )
-
-    def _resized(self, config: CLIPConfig) -> CLIPConfig:
-        """``config`` at the preset's input size (the init's may differ, :meth:`_initial`)."""
-        size = self.image_size
-        if config.vision.image_size == size:
-            return config
-        return dataclasses.replace(
-            config,
-            vision=dataclasses.replace(config.vision, image_size=size),
-            preprocess=dataclasses.replace(config.preprocess, image_size=size),
         )
 
     def build_model(self) -> CLIP:
@@ -779,12 +768,8 @@ class ContrastiveTask(TaskBase):
             model.add_module(STRUCTURE_HEAD, head)
         initial = self._initial()
         if initial is not None:
-            state = initial.model.state_dict()
-            key = "visual.positional_embedding"  # a ViT's; _initial allowed another size
-            vision = model.config.vision
-            if vision.is_vit and state[key].shape != model.visual.positional_embedding.shape:
-                grid = vision.image_size // vision.patch_size
-                state[key] = interpolate_pos_embedding(state[key], (grid, grid))
+            # a ViT's input size may differ (_initial allows it): resize its positional table
+            state = positions_resized(initial.model.state_dict(), model.config.vision)
             missing, unexpected = model.load_state_dict(state, strict=False)
             missing = {k for k in missing if not k.startswith(f"{STRUCTURE_HEAD}.")}
             added = {"visual.spatial_proj"} if self.config.spatial_readout else set()
