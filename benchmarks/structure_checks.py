@@ -47,6 +47,7 @@ import argparse
 import dataclasses
 import random
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -385,8 +386,13 @@ def main() -> None:
         if not model.config.vision.is_vit:
             parser.error(f"patch-train trains ViT patch tokens; {args.clip} is not a ViT")
         size = args.image_size or model.config.preprocess.image_size
-        if size % model.visual.patch_size:
-            parser.error(f"--image-size {size} is not a multiple of the patch size")
+        if size < 1 or size % model.visual.patch_size:
+            parser.error(f"--image-size {size} is not a positive multiple of the patch size")
+        if args.save:  # fail before an hour of training, not after
+            try:
+                Path(args.save).mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                parser.error(f"--save {args.save}: {error.strerror}")
         model = resized_vit(model, size)
         print(f"{args.clip} at {size} px: the patch loss alone, lr {args.lr}")
         train_patches(model, size, args)
