@@ -18,6 +18,10 @@ structure loss only (no contrastive term), AdamW, 1 thread:
 object's colour, shape and colour x shape type: linear classifiers trained on the tokens of
 patches that one object covers for at least half (300 fresh scenes), scored on 100 others.
 
+``pooled`` asks whether those tokens bind colour to shape once pooled: on the binding probe
+pairs of 100 scenes, linear readouts of which types are present from the mean token, and from
+a type classifier applied to each token before max-pooling (300 scenes to fit both).
+
 ``patch-train`` trains a ViT's image tower and the head's patch classifier on the patch loss
 alone (``--patch-weight``'s term: the type under every patch of fresh scenes, batch 32) and
 prints, on the object patches of 64 held-out scenes, how often the predicted colour, shape
@@ -32,6 +36,7 @@ how often each tower's head scores the true caption's types above the swapped on
     python benchmarks/structure_checks.py image --steps 300 --spatial-readout
     python benchmarks/structure_checks.py decode --run runs/structure/W
     python benchmarks/structure_checks.py patches [--clip shapes-rn]
+    python benchmarks/structure_checks.py pooled --clip runs/two/p1
     python benchmarks/structure_checks.py patch-train --image-size 224 --steps 1200 --every 25
     python benchmarks/structure_checks.py patch-train --image-size 224 --steps 1500 --save runs/p1
 
@@ -51,6 +56,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from refseg.clip.load import load_clip, save_clip
 from refseg.clip.model import CLIP, at_input_size, positions_resized
@@ -67,6 +74,7 @@ from refseg.train.structure import (
     StructureHead,
     collate_structure,
     patch_loss,
+    patch_types,
     scene_targets,
     structure_loss,
     text_targets,
@@ -200,7 +208,7 @@ def patch_labels(model: CLIP, scenes: range, size: int) -> tuple[torch.Tensor, t
             image = pixels_from_uint8(pixels[None], model.config.preprocess)
             patches, grid = cell_features(model, image)
             masks = torch.from_numpy(scene.masks).float()[:, None]  # [N, 1, H, W]
-            cover = torch.nn.functional.adaptive_avg_pool2d(masks, grid)[:, 0].flatten(1)
+            cover = F.adaptive_avg_pool2d(masks, grid)[:, 0].flatten(1)
             share, owner = cover.max(dim=0)  # per patch: the object covering most of it
             for patch in (share >= 0.5).nonzero().flatten().tolist():
                 obj = scene.objects[int(owner[patch])]
@@ -220,17 +228,66 @@ def check_patches(model: CLIP, size: int) -> None:
     }
     for name, target in targets.items():
         classes = int(target(torch.tensor(len(TYPE_INDEX) - 1))) + 1
-        probe = torch.nn.Linear(train_x.shape[1], classes)
-        optimizer = torch.optim.Adam(probe.parameters(), lr=1e-2)
-        for _ in range(300):  # full-batch: a few thousand tokens
-            loss = torch.nn.functional.cross_entropy(probe(train_x), target(train_y))
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+        probe = fit_linear(train_x, target(train_y), classes, multilabel=False)
         with torch.no_grad():
             accuracy = (probe(test_x).argmax(dim=1) == target(test_y)).float().mean()
         print(f"  {name:<22} {float(accuracy):.3f} on {len(test_y)} held-out patches "
               f"({len(train_y)} to train)")  # fmt: skip
+
+
+def fit_linear(x: torch.Tensor, y: torch.Tensor, classes: int, multilabel: bool) -> nn.Linear:
+    """A linear probe fitted full-batch (Adam, 300 steps): softmax, or sigmoid per class."""
+    probe = nn.Linear(x.shape[1], classes)
+    optimizer = torch.optim.Adam(probe.parameters(), lr=1e-2)
+    loss_of = F.binary_cross_entropy_with_logits if multilabel else F.cross_entropy
+    for _ in range(300):
+        loss = loss_of(probe(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return probe
+
+
+def check_pooled(model: CLIP, size: int) -> None:
+    """Do a scene's frozen patch tokens bind colour to shape once pooled? Two linear readouts
+    of which types are present, scored on the binding probe pairs (true types vs the
+    colour-swapped ones): presence from the *mean* token, and a type classifier applied to
+    *each* token, its probabilities max-pooled (classify, then pool)."""
+
+    def tokens_of(seed: int, count: int) -> list[tuple]:
+        rows = []
+        with torch.no_grad():
+            for index in range(count):
+                scene = sample_scene(scene_rng(seed, index, "probe"))
+                image = pixels_from_uint8(scene_pixels(scene, size)[None], model.config.preprocess)
+                patches, grid = cell_features(model, image)
+                rows.append((scene, patches, torch.from_numpy(patch_types(scene, grid))))
+        return rows
+
+    train, test = tokens_of(11, 300), tokens_of(5, 100)
+    mean_x = torch.stack([patches.mean(0) for _, patches, _ in train])
+    present = torch.from_numpy(np.stack([scene_targets(scene).present for scene, _, _ in train]))
+    pooled = fit_linear(mean_x, present, len(TYPES), multilabel=True)
+    per_patch = fit_linear(
+        torch.cat([patches for _, patches, _ in train]),
+        torch.cat([labels for _, _, labels in train]),
+        len(TYPES) + 1,
+        multilabel=False,
+    )
+    readouts = {
+        "mean token, linear presence": lambda t: pooled(t.mean(0)),
+        "each token classified, max-pooled": lambda t: per_patch(t).softmax(-1).amax(0)[:-1],
+    }
+    for name, readout in readouts.items():
+        hits = []
+        with torch.no_grad():
+            for scene, patches, _ in test:
+                scores = readout(patches)
+                for pair in (p for p in probe_pairs(scene)[0] if p.kind == "binding"):
+                    true = torch.tensor(text_targets(pair.positive).present).bool()
+                    false = torch.tensor(text_targets(pair.negative).present).bool()
+                    hits.append(bool(scores[true].mean() > scores[false].mean()))
+        print(f"  {name:<36} binding {np.mean(hits):.3f} ({len(hits)} pairs)")
 
 
 def resized_vit(model: CLIP, size: int) -> CLIP:
@@ -344,7 +401,9 @@ def decode_run(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("tower", choices=("text", "image", "decode", "patches", "patch-train"))
+    parser.add_argument(
+        "tower", choices=("text", "image", "decode", "patches", "patch-train", "pooled")
+    )
     parser.add_argument("--run", help="decode: a --structure-weight run's directory")
     parser.add_argument("--seed", type=int, default=5, help="decode: probe seed")
     parser.add_argument("--scenes", type=int, default=60, help="decode: probe scenes")
@@ -378,7 +437,11 @@ def main() -> None:
         model.load_state_dict(loaded.model.state_dict(), strict=False)  # readout starts at 0
     if args.from_scratch:
         model = CLIP(model.config)
-    if args.tower == "patches":
+    if args.tower == "pooled":
+        size = args.image_size or model.config.preprocess.image_size
+        print(f"{args.clip} at {size} px: linear readouts of pooled frozen patch tokens")
+        check_pooled(model, size)
+    elif args.tower == "patches":
         size = args.image_size or model.config.preprocess.image_size
         print(f"{args.clip} at {size} px: linear probes on frozen final cell features")
         check_patches(model, size)
