@@ -12,7 +12,8 @@ structure loss only (no contrastive term), AdamW, 1 thread:
 - ``image``: fresh ShapesRef scenes (no crops), batch 32, with ``--spatial-readout`` for a
   ViT; prints on 40 probe scenes (seed 5) the head's mean position error (fraction of the
   image, for types that occur once) and, on the binding probe pairs, the share whose true
-  types outscore the swapped ones.
+  types outscore the swapped ones. ``--mean-readout`` adds a zero-initialised linear map of
+  the mean patch token to the embedding instead (one map for every place).
 
 ``patches`` asks whether a ViT's final patch tokens (``ln_post``, frozen) carry each
 object's colour, shape and colour x shape type: linear classifiers trained on the tokens of
@@ -34,6 +35,7 @@ how often each tower's head scores the true caption's types above the swapped on
 
     python benchmarks/structure_checks.py text --kind relation --steps 600
     python benchmarks/structure_checks.py image --steps 300 --spatial-readout
+    python benchmarks/structure_checks.py image --clip runs/two/p1 --steps 400 --mean-readout
     python benchmarks/structure_checks.py decode --run runs/structure/W
     python benchmarks/structure_checks.py patches [--clip shapes-rn]
     python benchmarks/structure_checks.py pooled --clip runs/two/p1
@@ -142,8 +144,21 @@ def check_text(model: CLIP, tokenizer, args: argparse.Namespace) -> None:
 
 def check_image(model: CLIP, args: argparse.Namespace) -> None:
     head = StructureHead(model.config.embed_dim)
+    width, dim = model.config.vision.width, model.config.embed_dim
+    mean_readout = nn.Linear(width, dim, bias=False) if args.mean_readout else None
+    if mean_readout is not None:
+        nn.init.zeros_(mean_readout.weight)  # starts as the plain embedding
     params = [*model.visual.parameters(), *head.parameters()]
+    params += [*mean_readout.parameters()] if mean_readout is not None else []
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
+
+    def embed(image: torch.Tensor) -> torch.Tensor:
+        """The image embedding, plus a linear map of the mean patch token if asked for."""
+        if mean_readout is None:
+            return model.encode_image(image)
+        embedding, patches = model.visual.forward_with_patches(image)
+        return embedding + mean_readout(patches.mean(dim=1))
+
     size = model.config.preprocess.image_size
     data = FreshPairs(
         0, (args.steps + 1) * 32, size, negatives=0, crop_fraction=0.0, structure=True
@@ -161,7 +176,7 @@ def check_image(model: CLIP, args: argparse.Namespace) -> None:
         with torch.no_grad():
             for pixels, targets, pairs in probes:
                 image = pixels_from_uint8(pixels[None], model.config.preprocess)
-                logits, coords = head(model.encode_image(image))
+                logits, coords = head(embed(image))
                 error = (coords[0] - torch.from_numpy(targets.coords)).norm(dim=-1)
                 errors += error[torch.from_numpy(targets.located)].tolist()
                 for pair in pairs:
@@ -181,7 +196,7 @@ def check_image(model: CLIP, args: argparse.Namespace) -> None:
         images = pixels_from_uint8(torch.stack([s.image for s in samples]), model.config.preprocess)
         batch = collate_structure([s.targets for s in samples], [NO_TEXT])
         no_text = torch.zeros(1, model.config.embed_dim)
-        loss, _ = structure_loss(head, model.encode_image(images), no_text, batch)
+        loss, _ = structure_loss(head, embed(images), no_text, batch)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -413,6 +428,11 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=100, help="evaluate every N steps")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--spatial-readout", action="store_true", help="ViT: add the readout")
+    parser.add_argument(
+        "--mean-readout",
+        action="store_true",
+        help="image, ViT: add a zero-initialised linear map of the mean patch token",
+    )
     parser.add_argument(
         "--image-size", type=int, help="patches, patch-train: input side (default: the CLIP's)"
     )
