@@ -107,6 +107,14 @@ def binding_hit(caption: str, logits: torch.Tensor) -> bool:
     return bool(true > logits[TYPE_INDEX[(c2, s1)]] + logits[TYPE_INDEX[(c1, s2)]])
 
 
+def prefers_true_types(pair, scores: torch.Tensor) -> bool:
+    """For a binding probe pair: the types its true caption names score higher, on average,
+    than those of its colour-swapped twin (``scores``: one per type of :data:`TYPES`)."""
+    true = torch.tensor(text_targets(pair.positive).present).bool()
+    false = torch.tensor(text_targets(pair.negative).present).bool()
+    return bool(scores[true].mean() > scores[false].mean())
+
+
 def check_text(model: CLIP, tokenizer, args: argparse.Namespace) -> None:
     head = StructureHead(model.config.embed_dim)
     tower = [p for n, p in model.named_parameters() if not n.startswith("visual.")]
@@ -180,9 +188,7 @@ def check_image(model: CLIP, args: argparse.Namespace) -> None:
                 error = (coords[0] - torch.from_numpy(targets.coords)).norm(dim=-1)
                 errors += error[torch.from_numpy(targets.located)].tolist()
                 for pair in pairs:
-                    true = torch.tensor(text_targets(pair.positive).present).bool()
-                    false = torch.tensor(text_targets(pair.negative).present).bool()
-                    hits.append(bool(logits[0, true].mean() > logits[0, false].mean()))
+                    hits.append(prefers_true_types(pair, logits[0]))
         model.train()
         return float(np.mean(errors)), float(np.mean(hits)), len(hits)
 
@@ -212,6 +218,12 @@ def cell_features(model: CLIP, image: torch.Tensor) -> tuple[torch.Tensor, int]:
     return trunk.flatten(1).T, trunk.shape[-1]
 
 
+def scene_cells(model: CLIP, scene, size: int) -> tuple[torch.Tensor, int]:
+    """:func:`cell_features` of ``scene`` squashed to ``size`` px."""
+    image = pixels_from_uint8(scene_pixels(scene, size)[None], model.config.preprocess)
+    return cell_features(model, image)
+
+
 def patch_labels(model: CLIP, scenes: range, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Final cell features ``[N, C]`` (input squashed to ``size``) of the cells one object
     covers for at least half, and that object's type index ``[N]``."""
@@ -219,9 +231,7 @@ def patch_labels(model: CLIP, scenes: range, size: int) -> tuple[torch.Tensor, t
     with torch.no_grad():
         for index in scenes:
             scene = sample_scene(scene_rng(11, index, "probe"))
-            pixels = scene_pixels(scene, size)
-            image = pixels_from_uint8(pixels[None], model.config.preprocess)
-            patches, grid = cell_features(model, image)
+            patches, grid = scene_cells(model, scene, size)
             masks = torch.from_numpy(scene.masks).float()[:, None]  # [N, 1, H, W]
             cover = F.adaptive_avg_pool2d(masks, grid)[:, 0].flatten(1)
             share, owner = cover.max(dim=0)  # per patch: the object covering most of it
@@ -230,6 +240,19 @@ def patch_labels(model: CLIP, scenes: range, size: int) -> tuple[torch.Tensor, t
                 tokens.append(patches[patch])
                 labels.append(TYPE_INDEX[(obj.color, obj.shape)])
     return torch.stack(tokens), torch.tensor(labels)
+
+
+def fit_linear(x: torch.Tensor, y: torch.Tensor, classes: int, multilabel: bool) -> nn.Linear:
+    """A linear probe fitted full-batch (Adam, 300 steps): softmax, or sigmoid per class."""
+    probe = nn.Linear(x.shape[1], classes)
+    optimizer = torch.optim.Adam(probe.parameters(), lr=1e-2)
+    loss_of = F.binary_cross_entropy_with_logits if multilabel else F.cross_entropy
+    for _ in range(300):
+        loss = loss_of(probe(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return probe
 
 
 def check_patches(model: CLIP, size: int) -> None:
@@ -250,19 +273,6 @@ def check_patches(model: CLIP, size: int) -> None:
               f"({len(train_y)} to train)")  # fmt: skip
 
 
-def fit_linear(x: torch.Tensor, y: torch.Tensor, classes: int, multilabel: bool) -> nn.Linear:
-    """A linear probe fitted full-batch (Adam, 300 steps): softmax, or sigmoid per class."""
-    probe = nn.Linear(x.shape[1], classes)
-    optimizer = torch.optim.Adam(probe.parameters(), lr=1e-2)
-    loss_of = F.binary_cross_entropy_with_logits if multilabel else F.cross_entropy
-    for _ in range(300):
-        loss = loss_of(probe(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return probe
-
-
 def check_pooled(model: CLIP, size: int) -> None:
     """Do a scene's frozen patch tokens bind colour to shape once pooled? Two linear readouts
     of which types are present, scored on the binding probe pairs (true types vs the
@@ -274,8 +284,7 @@ def check_pooled(model: CLIP, size: int) -> None:
         with torch.no_grad():
             for index in range(count):
                 scene = sample_scene(scene_rng(seed, index, "probe"))
-                image = pixels_from_uint8(scene_pixels(scene, size)[None], model.config.preprocess)
-                patches, grid = cell_features(model, image)
+                patches, grid = scene_cells(model, scene, size)
                 rows.append((scene, patches, torch.from_numpy(patch_types(scene, grid))))
         return rows
 
@@ -299,9 +308,7 @@ def check_pooled(model: CLIP, size: int) -> None:
             for scene, patches, _ in test:
                 scores = readout(patches)
                 for pair in (p for p in probe_pairs(scene)[0] if p.kind == "binding"):
-                    true = torch.tensor(text_targets(pair.positive).present).bool()
-                    false = torch.tensor(text_targets(pair.negative).present).bool()
-                    hits.append(bool(scores[true].mean() > scores[false].mean()))
+                    hits.append(prefers_true_types(pair, scores))
         print(f"  {name:<36} binding {np.mean(hits):.3f} ({len(hits)} pairs)")
 
 
@@ -395,7 +402,7 @@ def decode_run(args: argparse.Namespace) -> None:
                 counts.setdefault(f"{pair.kind}: cosine prefers the true caption", []).append(
                     bool(cosine[0] > cosine[1])
                 )
-                true, false = text_targets(pair.positive), text_targets(pair.negative)
+                true = text_targets(pair.positive)
                 if pair.kind == "relation" and true.order[0] >= 0:
                     first, second, axis = true.order
                     for tower, coords in (("image", image_coords), ("text", text_coords)):
@@ -403,12 +410,10 @@ def decode_run(args: argparse.Namespace) -> None:
                             bool(coords[0, second, axis] > coords[0, first, axis])
                         )
                 if pair.kind == "binding":
-                    yes = torch.tensor(true.present).bool()
-                    no = torch.tensor(false.present).bool()
                     for tower, logits in (("image", image_logits), ("text", text_logits)):
                         counts.setdefault(
                             f"binding: {tower} head prefers the true types", []
-                        ).append(bool(logits[0, yes].mean() > logits[0, no].mean()))
+                        ).append(prefers_true_types(pair, logits[0]))
     print(f"{run} at step {state['step']}, probe seed {args.seed}, {args.scenes} scenes")
     for name, hits in sorted(counts.items()):
         print(f"  {name:<48} {np.mean(hits):.3f} ({len(hits)} pairs)")
