@@ -66,6 +66,7 @@ from refseg.clip.model import CLIP, at_input_size, positions_resized
 from refseg.clip.preprocess import resize_for_clip
 from refseg.data.shapes.scene import sample_scene, scene_rng
 from refseg.data.shapes.words import COLORS, RELATION_PHRASES, SHAPES
+from refseg.errors import RefsegError
 from refseg.eval.probe import probe_pairs
 from refseg.train.contrastive import pixels_from_uint8, trim_tokens
 from refseg.train.fresh_pairs import FreshPairs
@@ -362,11 +363,7 @@ def train_patches(model: CLIP, size: int, args: argparse.Namespace) -> None:
 
 def decode_run(args: argparse.Namespace) -> None:
     import json
-    from pathlib import Path
 
-    import torch.nn.functional as F
-
-    from refseg.errors import RefsegError
     from refseg.train import checkpoint
     from refseg.train.contrastive import ContrastiveConfig, ContrastiveTask
 
@@ -453,7 +450,10 @@ def main() -> None:
             parser.error("decode needs --run DIR")
         decode_run(args)
         return
-    loaded = load_clip(args.clip, device="cpu")
+    try:  # a CLIP is data: a missing or malformed one ends in one clear line
+        loaded = load_clip(args.clip, device="cpu")
+    except RefsegError as error:
+        parser.error(f"--clip {args.clip}: {error}")
     model = loaded.model
     if args.spatial_readout:
         config = loaded.config
