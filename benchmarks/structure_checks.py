@@ -13,7 +13,10 @@ structure loss only (no contrastive term), AdamW, 1 thread:
   ViT; prints on 40 probe scenes (seed 5) the head's mean position error (fraction of the
   image, for types that occur once) and, on the binding probe pairs, the share whose true
   types outscore the swapped ones. ``--mean-readout`` adds a zero-initialised linear map of
-  the mean patch token to the embedding instead (one map for every place).
+  the mean patch token to the embedding instead (one map for every place);
+  ``--token-readout`` a per-token MLP, mean-pooled (each token classified before pooling).
+  ``--probe-scenes`` sets how many probe scenes are scored; ``--freeze-tower`` trains the
+  head and the readout alone.
 
 ``patches`` asks whether a ViT's final patch tokens (``ln_post``, frozen) carry each
 object's colour, shape and colour x shape type: linear classifiers trained on the tokens of
@@ -151,29 +154,45 @@ def check_text(model: CLIP, tokenizer, args: argparse.Namespace) -> None:
         optimizer.step()
 
 
+def pooled_readout(width: int, dim: int, args: argparse.Namespace) -> nn.Module | None:
+    """A map applied to every patch token (then mean-pooled) and added to the embedding:
+    linear (``--mean-readout``: a linear map of the mean token) or a per-token MLP
+    (``--token-readout``: each token classified before pooling). The last layer starts at
+    zero, so the embedding starts as the plain one; ``None`` when neither is asked for."""
+    if args.token_readout:
+        readout = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, dim))
+    elif args.mean_readout:
+        readout = nn.Sequential(nn.Linear(width, dim, bias=False))
+    else:
+        return None
+    nn.init.zeros_(readout[-1].weight)
+    return readout
+
+
 def check_image(model: CLIP, args: argparse.Namespace) -> None:
     head = StructureHead(model.config.embed_dim)
     width, dim = model.config.vision.width, model.config.embed_dim
-    mean_readout = nn.Linear(width, dim, bias=False) if args.mean_readout else None
-    if mean_readout is not None:
-        nn.init.zeros_(mean_readout.weight)  # starts as the plain embedding
-    params = [*model.visual.parameters(), *head.parameters()]
-    params += [*mean_readout.parameters()] if mean_readout is not None else []
+    readout = pooled_readout(width, dim, args)
+    params = [*head.parameters(), *(readout.parameters() if readout is not None else [])]
+    if args.freeze_tower:  # only the head and the readout learn: is the readout able?
+        model.visual.requires_grad_(False)
+    else:
+        params += [*model.visual.parameters()]
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
 
     def embed(image: torch.Tensor) -> torch.Tensor:
-        """The image embedding, plus a linear map of the mean patch token if asked for."""
-        if mean_readout is None:
+        """The image embedding, plus the pooled readout of the patch tokens if asked for."""
+        if readout is None:
             return model.encode_image(image)
         embedding, patches = model.visual.forward_with_patches(image)
-        return embedding + mean_readout(patches.mean(dim=1))
+        return embedding + readout(patches).mean(dim=1)
 
     size = model.config.preprocess.image_size
     data = FreshPairs(
         0, (args.steps + 1) * 32, size, negatives=0, crop_fraction=0.0, structure=True
     )
     probes = []
-    for index in range(40):
+    for index in range(args.probe_scenes):
         scene = sample_scene(scene_rng(5, index, "probe"))
         pixels = scene_pixels(scene, size)
         binding = [p for p in probe_pairs(scene)[0] if p.kind == "binding"]
@@ -434,6 +453,17 @@ def main() -> None:
         "--mean-readout",
         action="store_true",
         help="image, ViT: add a zero-initialised linear map of the mean patch token",
+    )
+    parser.add_argument(
+        "--token-readout",
+        action="store_true",
+        help="image, ViT: add a zero-initialised per-token MLP, mean-pooled",
+    )
+    parser.add_argument(
+        "--freeze-tower", action="store_true", help="image: train the head and readout only"
+    )
+    parser.add_argument(
+        "--probe-scenes", type=int, default=40, help="image: probe scenes (seed 5) scored"
     )
     parser.add_argument(
         "--image-size", type=int, help="patches, patch-train: input side (default: the CLIP's)"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from refseg.clip import load_clip
 from refseg.clip.model import CLIP, at_input_size, interpolate_pos_embedding, positions_resized
@@ -368,21 +369,27 @@ def test_weighted_pooling_equals_pooling_the_weighted_map(grid) -> None:
             pool.forward_weighted(features.expand(2, -1, -1, -1), weights)
 
 
-def _spatial_copy(model, seed: int | None = None):
-    """``model`` with a spatial readout; zero (as initialised) or random when ``seed`` is set."""
+def _readout_copy(model, seed: int | None = None, **readout):
+    """``model`` with a readout (``spatial_readout=True`` or ``token_readout=H``) whose new
+    weights are zero where initialised so, or all random when ``seed`` is set."""
     import dataclasses
 
     from refseg.clip import CLIP
 
-    vision = dataclasses.replace(model.config.vision, spatial_readout=True)
-    spatial = CLIP(dataclasses.replace(model.config, vision=vision)).eval()
-    missing, unexpected = spatial.load_state_dict(model.state_dict(), strict=False)
-    assert (missing, unexpected) == (["visual.spatial_proj"], [])
+    vision = dataclasses.replace(model.config.vision, **readout)
+    copy = CLIP(dataclasses.replace(model.config, vision=vision)).eval()
+    missing, unexpected = copy.load_state_dict(model.state_dict(), strict=False)
+    assert unexpected == [] and all(k.startswith("visual.") for k in missing)
     if seed is not None:
         torch.manual_seed(seed)
         with torch.no_grad():
-            spatial.visual.spatial_proj.normal_(0.0, 0.05)
-    return spatial
+            for name in missing:
+                copy.get_parameter(name).normal_(0.0, 0.05)
+    return copy
+
+
+def _spatial_copy(model, seed: int | None = None):
+    return _readout_copy(model, seed, spatial_readout=True)
 
 
 def test_zero_spatial_readout_equals_the_class_token_readout(tiny_clip, image):
@@ -421,3 +428,44 @@ def test_spatial_readout_is_for_vits_only():
 
     with pytest.raises(ValueError, match="ViT"):
         VisionConfig(layers=(1, 1, 1, 1), spatial_readout=True)
+
+
+def test_zero_token_readout_equals_the_class_token_readout(tiny_clip, image):
+    reader = _readout_copy(tiny_clip, token_readout=16)
+    with torch.inference_mode():
+        assert torch.equal(reader.encode_image(image), tiny_clip.encode_image(image))
+
+
+def test_token_readout_adds_the_grid_mean_of_a_per_token_mlp(tiny_clip, image):
+    visual = _readout_copy(tiny_clip, seed=4, token_readout=16).visual
+    with torch.inference_mode():
+        tokens = visual.run_blocks(visual.embed(image))
+        patches = visual.ln_post(tokens[:, 1:])  # [1, 16, C]
+        first, last = visual.token_readout[0], visual.token_readout[2]
+        per_token = F.gelu(patches @ first.weight.T + first.bias) @ last.weight.T + last.bias
+        expected = visual.ln_post(tokens[:, 0]) @ visual.proj + per_token.mean(dim=1)
+        assert torch.allclose(visual(image), expected, atol=1e-6)
+        assert not torch.allclose(expected, tiny_clip.encode_image(image), atol=1e-3)
+        # one map for every place: any input size works, unlike the spatial readout
+        assert visual(torch.randn(1, 3, 48, 48)).shape == expected.shape
+
+
+def test_masked_forward_with_a_token_readout_matches_the_step_by_step_reference(tiny_clip,
+                                                                                 image):
+    visual = _readout_copy(tiny_clip, seed=5, token_readout=16).visual
+    weights = _sparse_weights(9, 5)
+    with torch.inference_mode():
+        x = visual.run_blocks(visual.embed(image), 0, visual.num_blocks - 2).expand(9, -1, -1)
+        for block in visual.transformer.resblocks[-2:]:
+            x = block(torch.cat([x[:, :1], x[:, 1:] * weights.reshape(9, 16, 1)], dim=1))
+        assert torch.allclose(visual.forward_masked(image, weights, 2), visual.head(x), atol=1e-5)
+        full = torch.ones(1, 4, 4)  # a full mask reproduces the unmasked forward
+        assert torch.allclose(visual.forward_masked(image, full, 2), visual(image), atol=1e-5)
+
+
+@pytest.mark.parametrize("width", [-1, 8])
+def test_token_readout_is_a_width_for_vits_only(width):
+    from refseg.clip import VisionConfig
+
+    with pytest.raises(ValueError, match="token_readout"):
+        VisionConfig(layers=(1, 1, 1, 1) if width > 0 else 2, token_readout=width)

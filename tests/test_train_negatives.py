@@ -213,6 +213,33 @@ def test_init_starts_from_saved_weights_and_keeps_their_tokenizer(tmp_path):
         negclip_config(negatives=0, negative_weight=1.0)
 
 
+def test_locked_image_tuning_trains_only_the_projection_readout_and_text(tmp_path):
+    """LiT with a token readout: the image tower stays bit-identical but for ``proj`` and
+    the new readout, which starts at zero; the text tower learns."""
+    from refseg.clip.load import load_clip
+
+    train(negclip_task(steps=1), LoopConfig(out_dir=tmp_path / "a", steps=1,
+          batch_size=8, threads=1, progress=False))
+    before = load_clip(tmp_path / "a", device="cpu").model.state_dict()
+    task = negclip_task(steps=2, init=str(tmp_path / "a"), token_readout=8, lock_image=True)
+    start = task.build_model().state_dict()
+    assert all(torch.count_nonzero(start[f"visual.token_readout.2.{k}"]) == 0
+               for k in ("weight", "bias"))
+    train(task, LoopConfig(out_dir=tmp_path / "b", steps=2, batch_size=8, threads=1,
+                           progress=False))
+    trained = load_clip(tmp_path / "b", device="cpu")
+    assert trained.config.vision.token_readout == 8
+    after = trained.model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert {k for k in changed if k.startswith("visual.")} == {"visual.proj"}
+    assert any(not k.startswith("visual.") for k in changed)  # the text tower trained
+    assert torch.count_nonzero(after["visual.token_readout.2.weight"]) > 0
+    with pytest.raises(InputError, match="lock_image freezes"):
+        negclip_config(structure_weight=1.0, patch_weight=1.0, lock_image=True)
+    with pytest.raises(InputError, match="token_readout"):
+        negclip_config(token_readout=-1)
+
+
 def test_spatial_readout_starts_from_saved_weights_with_only_the_new_map_at_zero(tmp_path):
     from refseg.clip.load import load_clip
 

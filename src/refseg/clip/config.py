@@ -36,10 +36,18 @@ class VisionConfig:
     # gives the embedding a direct path to *where* things are, which the class token of the
     # tiny ShapesRef ViT does not learn (benchmarks/negclip_trials.md). Native grid only.
     spatial_readout: bool = False
+    # ViT only: hidden width of a per-token MLP readout (0: none). Each final patch token
+    # (after ln_post) goes through Linear -> GELU -> Linear, the results are averaged over the
+    # grid and added to the embedding; the last layer starts at zero. One map for every
+    # place, applied before pooling, so what one token binds (this colour with this shape,
+    # here) survives the average (benchmarks/negclip_trials.md, trial 11).
+    token_readout: int = 0
 
     def __post_init__(self) -> None:
         if self.spatial_readout and not self.is_vit:
             raise ValueError("spatial_readout is for ViT image towers only")
+        if self.token_readout < 0 or (self.token_readout and not self.is_vit):
+            raise ValueError("token_readout is a hidden width >= 0, for ViT image towers only")
 
     @property
     def is_vit(self) -> bool:

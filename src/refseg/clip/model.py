@@ -216,6 +216,14 @@ class VisionTransformer(nn.Module):
         self.spatial_proj: nn.Parameter | None = None
         if config.spatial_readout:
             self.spatial_proj = nn.Parameter(torch.zeros(grid * grid * width, output_dim))
+        self.token_readout: nn.Sequential | None = None
+        if config.token_readout:
+            hidden = config.token_readout
+            self.token_readout = nn.Sequential(
+                nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, output_dim)
+            )
+            nn.init.zeros_(self.token_readout[2].weight)  # starts as the class-token readout
+            nn.init.zeros_(self.token_readout[2].bias)
 
     @property
     def num_blocks(self) -> int:
@@ -243,8 +251,11 @@ class VisionTransformer(nn.Module):
 
     def head(self, tokens: torch.Tensor) -> torch.Tensor:
         """Image embedding from final tokens: ``ln_post(CLS) @ proj``, ``[B, L, C] -> [B, D]``;
-        with a spatial readout plus ``flatten(ln_post(patches)) @ spatial_proj``."""
+        with a spatial readout plus ``flatten(ln_post(patches)) @ spatial_proj``, with a token
+        readout plus the grid mean of ``token_readout(ln_post(patch))``."""
         embedding = self.ln_post(tokens[:, 0]) @ self.proj
+        if self.token_readout is not None:
+            embedding = embedding + self.token_readout(self.ln_post(tokens[:, 1:])).mean(dim=1)
         if self.spatial_proj is None:
             return embedding
         patches = self.ln_post(tokens[:, 1:]).flatten(1)
@@ -306,7 +317,8 @@ class VisionTransformer(nn.Module):
             raise ValueError(
                 f"mask weights cover {flat.shape[1]} patches; the image has {tokens.shape[1] - 1}"
             )
-        if not factored or self.spatial_proj is not None:  # the readout needs every patch
+        readout = self.spatial_proj is not None or self.token_readout is not None
+        if not factored or readout:  # a readout needs every patch
             scale = torch.cat([flat.new_ones(flat.shape[0], 1), flat], dim=1)[..., None]
             x = tokens.expand(flat.shape[0], -1, -1)
             for block in self.transformer.resblocks[self.num_blocks - k :]:

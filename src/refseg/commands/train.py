@@ -41,6 +41,8 @@ _CLIP_OPTIONS = (
     "twins",
     "max_objects",
     "spatial_readout",
+    "token_readout",
+    "lock_image",
     "structure_weight",
     "patch_weight",
 )
@@ -183,6 +185,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="ViT presets: add a zero-initialised linear map of all patch tokens to the image "
         "embedding, so it can say where things are (with --init: only that map is new)",
+    )
+    negclip.add_argument(
+        "--token-readout",
+        type=int,
+        metavar="H",
+        help="ViT presets: add a zero-initialised per-token MLP (hidden width H) of the final "
+        "patch tokens, mean-pooled into the image embedding (with --init: only it is new)",
+    )
+    negclip.add_argument(
+        "--lock-image",
+        action="store_true",
+        default=None,
+        help="locked-image tuning: freeze the image tower but for its projection and readouts",
     )
     negclip.add_argument(
         "--structure-weight",

@@ -237,6 +237,14 @@ class ContrastiveConfig:
     # patch tokens added to the embedding; with ``init``, the loaded weights are kept and
     # only that map starts at zero).
     spatial_readout: bool = False
+    # Hidden width of VisionConfig.token_readout (a zero-initialised per-token MLP of the
+    # final patch tokens, mean-pooled into the embedding); 0: none. With ``init`` only the
+    # readout starts fresh.
+    token_readout: int = 0
+    # Locked-image tuning (LiT): the image tower is frozen but for its output projection and
+    # readouts, so patch tokens that already bind (a patch-trained tower) keep it while the
+    # text tower learns to match them.
+    lock_image: bool = False
     # Weight of the structure loss (refseg.train.structure; on the fly only): a linear head
     # shared by both towers must read each object's type and position from the image
     # embedding, and the types and stated order from the caption's. 0: no head.
@@ -265,6 +273,7 @@ class ContrastiveConfig:
             "max_objects": self.max_objects is None or self.max_objects >= 1,
             "structure_weight": 0.0 <= self.structure_weight < math.inf,
             "patch_weight": 0.0 <= self.patch_weight < math.inf,
+            "token_readout": self.token_readout >= 0,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -272,7 +281,7 @@ class ContrastiveConfig:
                 f"invalid training option(s) {', '.join(bad)}: steps must be >= 1, "
                 "batch_size >= 2, pool_size >= batch_size, lr > 0, seed, warmup_steps, "
                 f"probe_scenes and probe_seed >= 0, negatives in 0..{MAX_NEGATIVES}, "
-                "crop_fraction and composition in [0, 1], negative_weight, "
+                "crop_fraction and composition in [0, 1], token_readout >= 0, negative_weight, "
                 "structure_weight and patch_weight finite and >= 0"
             )
         fresh_only = (
@@ -287,6 +296,8 @@ class ContrastiveConfig:
             raise InputError("negative_weight needs hard negatives (--negatives N)")
         if self.patch_weight and not self.structure_weight:
             raise InputError("patch_weight needs the structure head (--structure-weight W)")
+        if self.patch_weight and self.lock_image:
+            raise InputError("patch_weight trains the image tower, which lock_image freezes")
         preset_config(self.preset, self.vocab_size, self.context_length)  # validates the name
 
     def to_dict(self) -> dict[str, Any]:
@@ -459,11 +470,22 @@ def learning_rate(step: int, config: ContrastiveConfig) -> float:
     return 0.5 * config.lr * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+def lock_image_tower(model: CLIP) -> None:
+    """Freeze the image tower but for what maps its tokens into the joint space (``proj``
+    and the readouts): locked-image tuning."""
+    readouts = ("proj", "spatial_proj", "token_readout.")
+    for name, param in model.visual.named_parameters():
+        if not (name in readouts or name.startswith(readouts[-1])):
+            param.requires_grad_(False)
+
+
 def _optimizer(model: CLIP, config: ContrastiveConfig) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices only: no decay on gains, biases, embeddings of
     positions, the class token or the temperature (as open_clip's ``exclude`` rule)."""
     decay, no_decay = [], []
     for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
         if param.ndim < 2 or "embedding" in name or "logit_scale" in name:
             no_decay.append(param)
         else:
@@ -721,7 +743,7 @@ class ContrastiveTask(TaskBase):
             loaded = load_clip(self.config.init, device="cpu")
             own = loaded.config
             preset = preset_config(self.config.preset, own.text.vocab_size, own.text.context_length)
-            plain_vision = dataclasses.replace(own.vision, spatial_readout=False)
+            plain_vision = dataclasses.replace(own.vision, spatial_readout=False, token_readout=0)
             if own.vision.is_vit:  # the input size is free: positions are resized
                 plain_vision = dataclasses.replace(
                     plain_vision, image_size=preset.vision.image_size
@@ -750,13 +772,14 @@ class ContrastiveTask(TaskBase):
             chosen = at_input_size(self._init.config, self.image_size)
         else:
             chosen = preset_config(config.preset, self.tokenizer.vocab_size, config.context_length)
-        if not config.spatial_readout:
+        if not (config.spatial_readout or config.token_readout):
             return chosen
         if not chosen.vision.is_vit:
-            raise InputError(f"--spatial-readout needs a ViT preset; {config.preset} is not")
-        return dataclasses.replace(
-            chosen, vision=dataclasses.replace(chosen.vision, spatial_readout=True)
-        )
+            raise InputError(f"a readout needs a ViT preset; {config.preset} is not")
+        readouts = {"token_readout": config.token_readout} if config.token_readout else {}
+        if config.spatial_readout:
+            readouts["spatial_readout"] = True
+        return dataclasses.replace(chosen, vision=dataclasses.replace(chosen.vision, **readouts))
 
     def build_model(self) -> CLIP:
         """The preset's CLIP (or the init's weights), with the structure head attached as
@@ -772,12 +795,15 @@ class ContrastiveTask(TaskBase):
             state = positions_resized(initial.model.state_dict(), model.config.vision)
             missing, unexpected = model.load_state_dict(state, strict=False)
             missing = {k for k in missing if not k.startswith(f"{STRUCTURE_HEAD}.")}
-            added = {"visual.spatial_proj"} if self.config.spatial_readout else set()
-            if missing - added or unexpected:  # only the new readout and head start fresh
+            fresh = ("visual.spatial_proj", "visual.token_readout.")  # readouts may be new
+            missing = {k for k in missing if not k.startswith(fresh)}
+            if missing or unexpected:  # only the new readouts and the head start fresh
                 raise InputError(
                     f"--init {self.config.init!r} does not fit: missing {missing}, "
                     f"unexpected {unexpected}"
                 )
+        if self.config.lock_image:
+            lock_image_tower(model)
         return model
 
     def collate(self, samples: list[int] | list[FreshSample]) -> ContrastiveBatch:
