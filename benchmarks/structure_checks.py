@@ -65,7 +65,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from refseg.clip.load import load_clip, save_clip
-from refseg.clip.model import CLIP, at_input_size, positions_resized
+from refseg.clip.model import (
+    CLIP,
+    COORDINATE_FREQUENCIES,
+    at_input_size,
+    patch_coordinates,
+    positions_resized,
+)
 from refseg.clip.preprocess import resize_for_clip
 from refseg.data.shapes.scene import sample_scene, scene_rng
 from refseg.data.shapes.words import COLORS, RELATION_PHRASES, SHAPES
@@ -160,7 +166,10 @@ def pooled_readout(width: int, dim: int, args: argparse.Namespace) -> nn.Module 
     (``--token-readout``: each token classified before pooling). The last layer starts at
     zero, so the embedding starts as the plain one; ``None`` when neither is asked for."""
     if args.token_readout:
-        readout = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, dim))
+        extra = 4 * COORDINATE_FREQUENCIES if args.readout_coordinates else 0
+        readout = nn.Sequential(
+            nn.Linear(width + extra, 4 * width), nn.GELU(), nn.Linear(4 * width, dim)
+        )
     elif args.mean_readout:
         readout = nn.Sequential(nn.Linear(width, dim, bias=False))
     else:
@@ -185,6 +194,10 @@ def check_image(model: CLIP, args: argparse.Namespace) -> None:
         if readout is None:
             return model.encode_image(image)
         embedding, patches = model.visual.forward_with_patches(image)
+        if args.readout_coordinates:  # the readout is told where each token lies
+            grid = int(round(patches.shape[1] ** 0.5))
+            where = patch_coordinates(grid, grid).expand(patches.shape[0], -1, -1)
+            patches = torch.cat([patches, where], dim=-1)
         return embedding + readout(patches).mean(dim=1)
 
     size = model.config.preprocess.image_size
@@ -458,6 +471,11 @@ def main() -> None:
         "--token-readout",
         action="store_true",
         help="image, ViT: add a zero-initialised per-token MLP, mean-pooled",
+    )
+    parser.add_argument(
+        "--readout-coordinates",
+        action="store_true",
+        help="image, with --token-readout: give the MLP each patch's Fourier coordinates",
     )
     parser.add_argument(
         "--freeze-tower", action="store_true", help="image: train the head and readout only"

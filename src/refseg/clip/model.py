@@ -197,6 +197,24 @@ def positions_resized(state: Mapping[str, torch.Tensor], vision: VisionConfig) -
     return state
 
 
+COORDINATE_FREQUENCIES = 4
+
+
+def patch_coordinates(
+    rows: int, cols: int, frequencies: int = COORDINATE_FREQUENCIES
+) -> torch.Tensor:
+    """Fixed Fourier features of each patch centre, ``[rows * cols, 4 * frequencies]``
+    (row-major, as the patch tokens): sin and cos of ``pi * f * x`` and ``pi * f * y`` for
+    ``f = 1 .. frequencies``, with x and y in [0, 1]. The same for any grid size, so a readout
+    that reads them works at any input size."""
+    y = (torch.arange(rows, dtype=torch.float32) + 0.5) / rows
+    x = (torch.arange(cols, dtype=torch.float32) + 0.5) / cols
+    yy, xx = torch.meshgrid(y, x, indexing="ij")
+    angles = torch.pi * torch.arange(1, frequencies + 1, dtype=torch.float32)
+    phases = torch.cat([xx.reshape(-1, 1) * angles, yy.reshape(-1, 1) * angles], dim=1)
+    return torch.cat([phases.sin(), phases.cos()], dim=1)
+
+
 class VisionTransformer(nn.Module):
     def __init__(self, config: VisionConfig, output_dim: int, quick_gelu: bool) -> None:
         super().__init__()
