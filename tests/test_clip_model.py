@@ -469,3 +469,16 @@ def test_token_readout_is_a_width_for_vits_only(width):
 
     with pytest.raises(ValueError, match="token_readout"):
         VisionConfig(layers=(1, 1, 1, 1) if width > 0 else 2, token_readout=width)
+
+
+def test_patch_coordinates_are_fourier_features_of_patch_centres_row_major():
+    from refseg.clip.model import patch_coordinates
+
+    features = patch_coordinates(2, 3, frequencies=2)
+    assert features.shape == (6, 8)
+    x = torch.tensor([0.5, 1.5, 2.5] * 2) / 3
+    y = torch.tensor([0.5] * 3 + [1.5] * 3) / 2
+    assert torch.allclose(features[:, 0], torch.sin(torch.pi * x))
+    assert torch.allclose(features[:, 3], torch.sin(2 * torch.pi * y))
+    assert torch.allclose(features[:, 5], torch.cos(2 * torch.pi * x))
+    assert torch.allclose(features[:, :4] ** 2 + features[:, 4:] ** 2, torch.ones(6, 4))

@@ -240,6 +240,30 @@ def test_locked_image_tuning_trains_only_the_projection_readout_and_text(tmp_pat
         negclip_config(token_readout=-1)
 
 
+def test_image_lr_scale_slows_only_the_image_tower():
+    task = negclip_task(steps=10, warmup_steps=0, token_readout=8, image_lr_scale=0.1)
+    model = task.build_model()
+    optimizer = task.optimizer(model)
+    scheduler = task.scheduler(optimizer, 10)
+    rate = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    named = dict(model.named_parameters())
+    full = named["visual.proj"]
+    assert rate[id(full)] == pytest.approx(task.config.lr)
+    for name in ("visual.conv1.weight", "visual.class_embedding", "visual.ln_post.weight"):
+        assert rate[id(named[name])] == pytest.approx(0.1 * task.config.lr)
+    for name in ("visual.token_readout.0.weight", "token_embedding.weight", "logit_scale"):
+        assert rate[id(named[name])] == pytest.approx(task.config.lr)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(task.config.lr)  # what logs read
+    optimizer.step()  # no gradients: nothing moves, but the scheduler may step after it
+    scheduler.step()
+    assert {round(g["lr"] / g["lr_scale"], 12) for g in optimizer.param_groups} == {
+        round(optimizer.param_groups[0]["lr"], 12)
+    }
+    assert len(negclip_task().optimizer(negclip_task().build_model()).param_groups) == 2
+    with pytest.raises(InputError, match="image_lr_scale"):
+        negclip_config(image_lr_scale=0.0)
+
+
 def test_spatial_readout_starts_from_saved_weights_with_only_the_new_map_at_zero(tmp_path):
     from refseg.clip.load import load_clip
 

@@ -43,6 +43,7 @@ _CLIP_OPTIONS = (
     "spatial_readout",
     "token_readout",
     "lock_image",
+    "image_lr_scale",
     "structure_weight",
     "patch_weight",
 )
@@ -198,6 +199,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         default=None,
         help="locked-image tuning: freeze the image tower but for its projection and readouts",
+    )
+    negclip.add_argument(
+        "--image-lr-scale",
+        type=float,
+        metavar="S",
+        help="the image tower learns at S x --lr (its projection and readouts at --lr; "
+        f"default: {base.image_lr_scale})",
     )
     negclip.add_argument(
         "--structure-weight",

@@ -245,6 +245,9 @@ class ContrastiveConfig:
     # readouts, so patch tokens that already bind (a patch-trained tower) keep it while the
     # text tower learns to match them.
     lock_image: bool = False
+    # The image tower's learning rate as a share of ``lr`` (its projection and readouts keep
+    # ``lr``): a slow tower keeps what it has learnt while the rest catches up.
+    image_lr_scale: float = 1.0
     # Weight of the structure loss (refseg.train.structure; on the fly only): a linear head
     # shared by both towers must read each object's type and position from the image
     # embedding, and the types and stated order from the caption's. 0: no head.
@@ -274,6 +277,7 @@ class ContrastiveConfig:
             "structure_weight": 0.0 <= self.structure_weight < math.inf,
             "patch_weight": 0.0 <= self.patch_weight < math.inf,
             "token_readout": self.token_readout >= 0,
+            "image_lr_scale": 0.0 < self.image_lr_scale < math.inf,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -281,7 +285,8 @@ class ContrastiveConfig:
                 f"invalid training option(s) {', '.join(bad)}: steps must be >= 1, "
                 "batch_size >= 2, pool_size >= batch_size, lr > 0, seed, warmup_steps, "
                 f"probe_scenes and probe_seed >= 0, negatives in 0..{MAX_NEGATIVES}, "
-                "crop_fraction and composition in [0, 1], token_readout >= 0, negative_weight, "
+                "crop_fraction and composition in [0, 1], token_readout >= 0, image_lr_scale "
+                "finite and > 0, negative_weight, "
                 "structure_weight and patch_weight finite and >= 0"
             )
         fresh_only = (
@@ -470,31 +475,55 @@ def learning_rate(step: int, config: ContrastiveConfig) -> float:
     return 0.5 * config.lr * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+def in_image_tower(name: str) -> bool:
+    """Whether a CLIP parameter belongs to the image tower proper: under ``visual.`` but not
+    what maps its tokens into the joint space (``proj`` and the readouts)."""
+    readouts = ("visual.proj", "visual.spatial_proj")
+    return (
+        name.startswith("visual.")
+        and name not in readouts
+        and not name.startswith("visual.token_readout.")
+    )
+
+
 def lock_image_tower(model: CLIP) -> None:
-    """Freeze the image tower but for what maps its tokens into the joint space (``proj``
-    and the readouts): locked-image tuning."""
-    readouts = ("proj", "spatial_proj", "token_readout.")
-    for name, param in model.visual.named_parameters():
-        if not (name in readouts or name.startswith(readouts[-1])):
+    """Freeze the image tower but for its projection and readouts: locked-image tuning."""
+    for name, param in model.named_parameters():
+        if in_image_tower(name):
             param.requires_grad_(False)
+
+
+def _decay_first_unscaled(group: tuple[tuple[bool, bool], Any]) -> tuple[bool, bool]:
+    """Order of the optimiser's groups: decayed first, unscaled first (logs read group 0)."""
+    (decays, tower), _ = group
+    return (not decays, tower)
 
 
 def _optimizer(model: CLIP, config: ContrastiveConfig) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices only: no decay on gains, biases, embeddings of
-    positions, the class token or the temperature (as open_clip's ``exclude`` rule)."""
-    decay, no_decay = [], []
+    positions, the class token or the temperature (as open_clip's ``exclude`` rule). The
+    image tower's groups carry ``lr_scale`` = ``config.image_lr_scale`` (the others 1),
+    which :class:`WarmupCosine` applies."""
+    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        if param.ndim < 2 or "embedding" in name or "logit_scale" in name:
-            no_decay.append(param)
-        else:
-            decay.append(param)
-    groups = [
-        {"params": decay, "weight_decay": config.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=config.eps)
+        decays = not (param.ndim < 2 or "embedding" in name or "logit_scale" in name)
+        tower = config.image_lr_scale != 1.0 and in_image_tower(name)  # else 2 groups, as before
+        groups.setdefault((decays, tower), []).append(param)
+    return torch.optim.AdamW(
+        [
+            {
+                "params": params,
+                "weight_decay": config.weight_decay if decays else 0.0,
+                "lr_scale": config.image_lr_scale if tower else 1.0,
+            }
+            for (decays, tower), params in sorted(groups.items(), key=_decay_first_unscaled)
+        ],
+        lr=config.lr,
+        betas=config.betas,
+        eps=config.eps,
+    )
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -600,14 +629,15 @@ class _PoolRows(torch.utils.data.Dataset):
 
 
 class WarmupCosine(torch.optim.lr_scheduler.LRScheduler):
-    """:func:`learning_rate` as a scheduler (every group gets the same rate)."""
+    """:func:`learning_rate` as a scheduler, times each group's ``lr_scale`` (default 1)."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, config: ContrastiveConfig) -> None:
         self.config = config
         super().__init__(optimizer)
 
     def get_lr(self) -> list[float]:
-        return [learning_rate(self.last_epoch, self.config) for _ in self.optimizer.param_groups]
+        rate = learning_rate(self.last_epoch, self.config)
+        return [rate * group.get("lr_scale", 1.0) for group in self.optimizer.param_groups]
 
     def state_dict(self) -> dict[str, Any]:
         return {k: v for k, v in super().state_dict().items() if k != "config"}
