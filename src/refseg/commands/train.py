@@ -192,7 +192,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         metavar="H",
         help="ViT presets: add a zero-initialised per-token MLP (hidden width H) of the final "
-        "patch tokens, mean-pooled into the image embedding (with --init: only it is new)",
+        "patch tokens, mean-pooled into the image embedding (with --init: only it is new; "
+        f"default: {base.token_readout}, none)",
     )
     negclip.add_argument(
         "--lock-image",
