@@ -282,3 +282,5 @@ def test_spatial_readout_starts_from_saved_weights_with_only_the_new_map_at_zero
     assert torch.count_nonzero(trained.model.visual.spatial_proj) > 0  # and it was trained
     with pytest.raises(InputError, match="needs a ViT"):
         negclip_task(preset="tiny-rn", spatial_readout=True).model_config()
+    with pytest.raises(InputError, match="needs a ViT"):  # refused before any rendering
+        negclip_config(preset="tiny-rn", token_readout=8)

@@ -303,7 +303,9 @@ class ContrastiveConfig:
             raise InputError("patch_weight needs the structure head (--structure-weight W)")
         if self.patch_weight and self.lock_image:
             raise InputError("patch_weight trains the image tower, which lock_image freezes")
-        preset_config(self.preset, self.vocab_size, self.context_length)  # validates the name
+        preset = preset_config(self.preset, self.vocab_size, self.context_length)  # the name
+        if (self.spatial_readout or self.token_readout) and not preset.vision.is_vit:
+            raise InputError(f"a readout needs a ViT preset; {self.preset} is not")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -804,8 +806,6 @@ class ContrastiveTask(TaskBase):
             chosen = preset_config(config.preset, self.tokenizer.vocab_size, config.context_length)
         if not (config.spatial_readout or config.token_readout):
             return chosen
-        if not chosen.vision.is_vit:
-            raise InputError(f"a readout needs a ViT preset; {config.preset} is not")
         readouts = {"token_readout": config.token_readout} if config.token_readout else {}
         if config.spatial_readout:
             readouts["spatial_readout"] = True
