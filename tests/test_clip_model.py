@@ -411,16 +411,19 @@ def test_spatial_readout_adds_a_linear_map_of_every_patch(tiny_clip, image):
             spatial.encode_image(torch.randn(1, 3, 48, 48))
 
 
-def test_masked_forward_with_a_spatial_readout_matches_the_step_by_step_reference(tiny_clip,
-                                                                                   image):
-    """The readout reads every patch, so the folded and first-token shortcuts stay off."""
-    visual = _spatial_copy(tiny_clip, seed=3).visual
+@pytest.mark.parametrize("readout", [{"spatial_readout": True}, {"token_readout": 16}])
+def test_masked_forward_with_a_readout_matches_the_step_by_step_reference(tiny_clip, image,
+                                                                          readout):
+    """A readout reads every patch, so the folded and first-token shortcuts stay off."""
+    visual = _readout_copy(tiny_clip, seed=3, **readout).visual
     weights = _sparse_weights(9, 5)
     with torch.inference_mode():
         x = visual.run_blocks(visual.embed(image), 0, visual.num_blocks - 2).expand(9, -1, -1)
         for block in visual.transformer.resblocks[-2:]:
             x = block(torch.cat([x[:, :1], x[:, 1:] * weights.reshape(9, 16, 1)], dim=1))
         assert torch.allclose(visual.forward_masked(image, weights, 2), visual.head(x), atol=1e-5)
+        full = torch.ones(1, 4, 4)  # a full mask reproduces the unmasked forward
+        assert torch.allclose(visual.forward_masked(image, full, 2), visual(image), atol=1e-5)
 
 
 def test_spatial_readout_is_for_vits_only():
@@ -448,19 +451,6 @@ def test_token_readout_adds_the_grid_mean_of_a_per_token_mlp(tiny_clip, image):
         assert not torch.allclose(expected, tiny_clip.encode_image(image), atol=1e-3)
         # one map for every place: any input size works, unlike the spatial readout
         assert visual(torch.randn(1, 3, 48, 48)).shape == expected.shape
-
-
-def test_masked_forward_with_a_token_readout_matches_the_step_by_step_reference(tiny_clip,
-                                                                                 image):
-    visual = _readout_copy(tiny_clip, seed=5, token_readout=16).visual
-    weights = _sparse_weights(9, 5)
-    with torch.inference_mode():
-        x = visual.run_blocks(visual.embed(image), 0, visual.num_blocks - 2).expand(9, -1, -1)
-        for block in visual.transformer.resblocks[-2:]:
-            x = block(torch.cat([x[:, :1], x[:, 1:] * weights.reshape(9, 16, 1)], dim=1))
-        assert torch.allclose(visual.forward_masked(image, weights, 2), visual.head(x), atol=1e-5)
-        full = torch.ones(1, 4, 4)  # a full mask reproduces the unmasked forward
-        assert torch.allclose(visual.forward_masked(image, full, 2), visual(image), atol=1e-5)
 
 
 @pytest.mark.parametrize("width", [-1, 8])
