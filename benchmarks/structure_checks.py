@@ -20,7 +20,8 @@ structure loss only (no contrastive term), AdamW, 1 thread:
 
 ``patches`` asks whether a ViT's final patch tokens (``ln_post``, frozen) carry each
 object's colour, shape and colour x shape type: linear classifiers trained on the tokens of
-patches that one object covers for at least half (300 fresh scenes), scored on 100 others.
+patches that one object covers for at least half (300 fresh scenes), scored on 100 others;
+and where the patch lies: a ridge regression of its centre, against always the mean.
 
 ``pooled`` asks whether those tokens bind colour to shape once pooled: on the binding probe
 pairs of 100 scenes, linear readouts of which types are present from the mean token, and from
@@ -257,10 +258,13 @@ def scene_cells(model: CLIP, scene, size: int) -> tuple[torch.Tensor, int]:
     return cell_features(model, image)
 
 
-def patch_labels(model: CLIP, scenes: range, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def patch_labels(
+    model: CLIP, scenes: range, size: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Final cell features ``[N, C]`` (input squashed to ``size``) of the cells one object
-    covers for at least half, and that object's type index ``[N]``."""
-    tokens, labels = [], []
+    covers for at least half, that object's type index ``[N]`` and the cell's centre ``[N, 2]``
+    (x, y as fractions of the image)."""
+    tokens, labels, centres = [], [], []
     with torch.no_grad():
         for index in scenes:
             scene = sample_scene(scene_rng(11, index, "probe"))
@@ -272,7 +276,8 @@ def patch_labels(model: CLIP, scenes: range, size: int) -> tuple[torch.Tensor, t
                 obj = scene.objects[int(owner[patch])]
                 tokens.append(patches[patch])
                 labels.append(TYPE_INDEX[(obj.color, obj.shape)])
-    return torch.stack(tokens), torch.tensor(labels)
+                centres.append([(patch % grid + 0.5) / grid, (patch // grid + 0.5) / grid])
+    return torch.stack(tokens), torch.tensor(labels), torch.tensor(centres)
 
 
 def fit_linear(x: torch.Tensor, y: torch.Tensor, classes: int, multilabel: bool) -> nn.Linear:
@@ -288,9 +293,24 @@ def fit_linear(x: torch.Tensor, y: torch.Tensor, classes: int, multilabel: bool)
     return probe
 
 
+def ridge_error(train_x, train_y, test_x, test_y) -> tuple[float, float]:
+    """Mean distance to ``test_y`` of a ridge regression (standardised inputs, float64) fitted
+    on the training pair, and of always answering the training mean."""
+    mean, std = train_x.mean(0), train_x.std(0) + 1e-6
+
+    def design(x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([(x - mean) / std, torch.ones(len(x), 1)], dim=1).double()
+
+    a = design(train_x)
+    weights = torch.linalg.solve(a.T @ a + 1e-3 * torch.eye(a.shape[1]).double(), a.T @ train_y)
+    error = (design(test_x) @ weights - test_y).norm(dim=1).mean()
+    baseline = (test_y - train_y.mean(0)).norm(dim=1).mean()
+    return float(error), float(baseline)
+
+
 def check_patches(model: CLIP, size: int) -> None:
-    train_x, train_y = patch_labels(model, range(300), size)
-    test_x, test_y = patch_labels(model, range(300, 400), size)
+    train_x, train_y, train_at = patch_labels(model, range(300), size)
+    test_x, test_y, test_at = patch_labels(model, range(300, 400), size)
     shapes = len(SHAPES)
     targets = {
         "colour": lambda y: y // shapes,
@@ -304,6 +324,8 @@ def check_patches(model: CLIP, size: int) -> None:
             accuracy = (probe(test_x).argmax(dim=1) == target(test_y)).float().mean()
         print(f"  {name:<22} {float(accuracy):.3f} on {len(test_y)} held-out patches "
               f"({len(train_y)} to train)")  # fmt: skip
+    error, baseline = ridge_error(train_x, train_at.double(), test_x, test_at.double())
+    print(f"  {'own position (x, y)':<22} error {error:.3f} (always the mean: {baseline:.3f})")
 
 
 def check_pooled(model: CLIP, size: int) -> None:
