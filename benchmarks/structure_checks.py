@@ -276,8 +276,8 @@ def patch_labels(
                 obj = scene.objects[int(owner[patch])]
                 tokens.append(patches[patch])
                 labels.append(TYPE_INDEX[(obj.color, obj.shape)])
-                centres.append([(patch % grid + 0.5) / grid, (patch // grid + 0.5) / grid])
-    return torch.stack(tokens), torch.tensor(labels), torch.tensor(centres)
+                centres.append(patch_centres(grid)[patch])
+    return torch.stack(tokens), torch.tensor(labels), torch.stack(centres)
 
 
 def fit_linear(x: torch.Tensor, y: torch.Tensor, classes: int, multilabel: bool) -> nn.Linear:
@@ -374,12 +374,20 @@ def resized_vit(model: CLIP, size: int) -> CLIP:
     return resized
 
 
+def patch_centres(grid: int) -> torch.Tensor:
+    """``[grid * grid, 2]`` row-major (x, y) centres of a square grid's cells, in [0, 1]."""
+    index = torch.arange(grid * grid)
+    return torch.stack([(index % grid + 0.5) / grid, (index // grid + 0.5) / grid], dim=1)
+
+
 def train_patches(model: CLIP, size: int, args: argparse.Namespace) -> None:
     """The patch loss alone on the image tower (see the module docstring)."""
     visual, grid = model.visual, size // model.visual.patch_size
     head = StructureHead(model.config.embed_dim, model.config.vision.width)
-    params = [*visual.parameters(), *head.parameters()]
+    where = nn.Linear(model.config.vision.width, 4)  # own centre (x, y), its object's (x, y)
+    params = [*visual.parameters(), *head.parameters(), *where.parameters()]
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
+    own = patch_centres(grid)  # [grid * grid, 2]
     scenes = {"negatives": 0, "crop_fraction": 0.0, "structure": True, "patch_grid": grid}
     data = FreshPairs(0, (args.steps + 1) * 32, size, **scenes)
     held = FreshPairs(9, 64, size, **scenes)
@@ -389,17 +397,40 @@ def train_patches(model: CLIP, size: int, args: argparse.Namespace) -> None:
         images = torch.stack([s.image for s in samples])
         return visual.forward_with_patches(pixels_from_uint8(images, model.config.preprocess))[1]
 
+    def position_errors(samples: list, found: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Per-patch distances ``[B, P]`` of the predicted own centre and object centre, and
+        where the object centre is defined (an object patch of a type that occurs once)."""
+        labels = torch.from_numpy(np.stack([s.targets.patches for s in samples]))
+        coords = torch.from_numpy(np.stack([s.targets.coords for s in samples]))  # [B, T, 2]
+        located = torch.from_numpy(np.stack([s.targets.located for s in samples]))
+        on_object = labels != BACKGROUND
+        kinds = labels.clamp(max=len(TYPES) - 1)
+        centre = torch.gather(coords, 1, kinds[..., None].expand(-1, -1, 2))  # [B, P, 2]
+        defined = on_object & torch.gather(located, 1, kinds)
+        predicted = where(found)
+        own_error = (predicted[..., :2] - own).norm(dim=-1)
+        return own_error, (predicted[..., 2:] - centre).norm(dim=-1), defined
+
     def evaluate() -> str:
         with torch.no_grad():
             labels = torch.from_numpy(np.stack([s.targets.patches for s in held_out]))
-            predicted = head.classify_patches(tokens(held_out)).argmax(dim=-1)
+            found = tokens(held_out)
+            predicted = head.classify_patches(found).argmax(dim=-1)
+            own_error, centre_error, defined = position_errors(held_out, found)
         on_objects = labels != BACKGROUND
         pairs = list(zip(labels[on_objects].tolist(), predicted[on_objects].tolist(), strict=True))
         named = [(TYPES[t], TYPES[p] if p < len(TYPES) else (None, None)) for t, p in pairs]
         colour = np.mean([t[0] == p[0] for t, p in named])
         shape = np.mean([t[1] == p[1] for t, p in named])
         kind = np.mean([t == p for t, p in named])
-        return f"colour {colour:.3f}  shape {shape:.3f}  type {kind:.3f} ({len(pairs)} patches)"
+        placed = (
+            f"  own position {own_error[on_objects].mean():.3f}"
+            f"  object centre {centre_error[defined].mean():.3f}"
+        )
+        return (
+            f"colour {colour:.3f}  shape {shape:.3f}  type {kind:.3f} ({len(pairs)} patches)"
+            + (placed if args.position_weight else "")
+        )
 
     start = time.time()
     for step in range(args.steps + 1):
@@ -409,7 +440,13 @@ def train_patches(model: CLIP, size: int, args: argparse.Namespace) -> None:
             break
         samples = [data[step * 32 + k] for k in range(32)]
         labels = collate_structure([s.targets for s in samples], [NO_TEXT]).patch_types
-        loss, _ = patch_loss(head, tokens(samples), labels)
+        found = tokens(samples)
+        loss, _ = patch_loss(head, found, labels)
+        if args.position_weight:  # where: every patch its own centre, object patches theirs
+            own_error, centre_error, defined = position_errors(samples, found)
+            loss = loss + args.position_weight * (
+                own_error.square().mean() + centre_error[defined].square().mean()
+            )
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -509,6 +546,13 @@ def main() -> None:
         "--image-size", type=int, help="patches, patch-train: input side (default: the CLIP's)"
     )
     parser.add_argument("--save", help="patch-train: write the trained CLIP to this directory")
+    parser.add_argument(
+        "--position-weight",
+        type=float,
+        default=0.0,
+        help="patch-train: add W x the squared errors of a linear readout of each patch's own "
+        "centre and (object patches) its object's centre (default 0: type only)",
+    )
     parser.add_argument(
         "--from-scratch", action="store_true", help="random weights of --clip's architecture"
     )
