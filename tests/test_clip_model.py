@@ -453,12 +453,13 @@ def test_token_readout_adds_the_grid_mean_of_a_per_token_mlp(tiny_clip, image):
         assert visual(torch.randn(1, 3, 48, 48)).shape == expected.shape
 
 
-@pytest.mark.parametrize("width", [-1, 8])
-def test_token_readout_is_a_width_for_vits_only(width):
+@pytest.mark.parametrize(("width", "layers"), [(-1, 2), ("x", 2), (2.5, 2), (8, (1, 1, 1, 1))])
+def test_token_readout_is_a_width_for_vits_only(width, layers):
+    """A config is data (it comes from a file's metadata): a wrong value is a clear error."""
     from refseg.clip import VisionConfig
 
     with pytest.raises(ValueError, match="token_readout"):
-        VisionConfig(layers=(1, 1, 1, 1) if width > 0 else 2, token_readout=width)
+        VisionConfig(layers=layers, token_readout=width)
 
 
 def test_patch_coordinates_are_fourier_features_of_patch_centres_row_major():

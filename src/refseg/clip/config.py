@@ -46,7 +46,8 @@ class VisionConfig:
     def __post_init__(self) -> None:
         if self.spatial_readout and not self.is_vit:
             raise ValueError("spatial_readout is for ViT image towers only")
-        if self.token_readout < 0 or (self.token_readout and not self.is_vit):
+        width = self.token_readout
+        if not isinstance(width, int) or width < 0 or (width and not self.is_vit):
             raise ValueError("token_readout is a hidden width >= 0, for ViT image towers only")
 
     @property
