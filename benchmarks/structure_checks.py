@@ -70,6 +70,7 @@ from refseg.clip.model import (
     CLIP,
     COORDINATE_FREQUENCIES,
     at_input_size,
+    patch_centres,
     patch_coordinates,
     positions_resized,
 )
@@ -269,6 +270,7 @@ def patch_labels(
         for index in scenes:
             scene = sample_scene(scene_rng(11, index, "probe"))
             patches, grid = scene_cells(model, scene, size)
+            centre_of = patch_centres(grid, grid)
             masks = torch.from_numpy(scene.masks).float()[:, None]  # [N, 1, H, W]
             cover = F.adaptive_avg_pool2d(masks, grid)[:, 0].flatten(1)
             share, owner = cover.max(dim=0)  # per patch: the object covering most of it
@@ -276,7 +278,7 @@ def patch_labels(
                 obj = scene.objects[int(owner[patch])]
                 tokens.append(patches[patch])
                 labels.append(TYPE_INDEX[(obj.color, obj.shape)])
-                centres.append(patch_centres(grid)[patch])
+                centres.append(centre_of[patch])
     return torch.stack(tokens), torch.tensor(labels), torch.stack(centres)
 
 
@@ -374,20 +376,16 @@ def resized_vit(model: CLIP, size: int) -> CLIP:
     return resized
 
 
-def patch_centres(grid: int) -> torch.Tensor:
-    """``[grid * grid, 2]`` row-major (x, y) centres of a square grid's cells, in [0, 1]."""
-    index = torch.arange(grid * grid)
-    return torch.stack([(index % grid + 0.5) / grid, (index // grid + 0.5) / grid], dim=1)
-
-
 def train_patches(model: CLIP, size: int, args: argparse.Namespace) -> None:
     """The patch loss alone on the image tower (see the module docstring)."""
     visual, grid = model.visual, size // model.visual.patch_size
     head = StructureHead(model.config.embed_dim, model.config.vision.width)
-    where = nn.Linear(model.config.vision.width, 4)  # own centre (x, y), its object's (x, y)
-    params = [*visual.parameters(), *head.parameters(), *where.parameters()]
+    params = [*visual.parameters(), *head.parameters()]
+    if args.position_weight:  # a linear readout of each patch's own centre and its object's
+        where = nn.Linear(model.config.vision.width, 4)
+        params += [*where.parameters()]
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
-    own = patch_centres(grid)  # [grid * grid, 2]
+    own = patch_centres(grid, grid)  # [grid * grid, 2]
     scenes = {"negatives": 0, "crop_fraction": 0.0, "structure": True, "patch_grid": grid}
     data = FreshPairs(0, (args.steps + 1) * 32, size, **scenes)
     held = FreshPairs(9, 64, size, **scenes)
@@ -416,20 +414,20 @@ def train_patches(model: CLIP, size: int, args: argparse.Namespace) -> None:
             labels = torch.from_numpy(np.stack([s.targets.patches for s in held_out]))
             found = tokens(held_out)
             predicted = head.classify_patches(found).argmax(dim=-1)
-            own_error, centre_error, defined = position_errors(held_out, found)
         on_objects = labels != BACKGROUND
         pairs = list(zip(labels[on_objects].tolist(), predicted[on_objects].tolist(), strict=True))
         named = [(TYPES[t], TYPES[p] if p < len(TYPES) else (None, None)) for t, p in pairs]
         colour = np.mean([t[0] == p[0] for t, p in named])
         shape = np.mean([t[1] == p[1] for t, p in named])
         kind = np.mean([t == p for t, p in named])
-        placed = (
-            f"  own position {own_error[on_objects].mean():.3f}"
-            f"  object centre {centre_error[defined].mean():.3f}"
-        )
+        line = f"colour {colour:.3f}  shape {shape:.3f}  type {kind:.3f} ({len(pairs)} patches)"
+        if not args.position_weight:
+            return line
+        with torch.no_grad():
+            own_error, centre_error, defined = position_errors(held_out, found)
         return (
-            f"colour {colour:.3f}  shape {shape:.3f}  type {kind:.3f} ({len(pairs)} patches)"
-            + (placed if args.position_weight else "")
+            f"{line}  own position {own_error[on_objects].mean():.3f}"
+            f"  object centre {centre_error[defined].mean():.3f}"
         )
 
     start = time.time()

@@ -200,18 +200,23 @@ def positions_resized(state: Mapping[str, torch.Tensor], vision: VisionConfig) -
 COORDINATE_FREQUENCIES = 4
 
 
+def patch_centres(rows: int, cols: int) -> torch.Tensor:
+    """``[rows * cols, 2]`` (x, y) centres of a grid's cells as fractions of the image,
+    row-major as the patch tokens."""
+    index = torch.arange(rows * cols)
+    return torch.stack([(index % cols + 0.5) / cols, (index // cols + 0.5) / rows], dim=1)
+
+
 def patch_coordinates(
     rows: int, cols: int, frequencies: int = COORDINATE_FREQUENCIES
 ) -> torch.Tensor:
     """Fixed Fourier features of each patch centre, ``[rows * cols, 4 * frequencies]``
     (row-major, as the patch tokens): sin and cos of ``pi * f * x`` and ``pi * f * y`` for
-    ``f = 1 .. frequencies``, with x and y in [0, 1]. The same for any grid size, so a readout
-    that reads them works at any input size."""
-    y = (torch.arange(rows, dtype=torch.float32) + 0.5) / rows
-    x = (torch.arange(cols, dtype=torch.float32) + 0.5) / cols
-    yy, xx = torch.meshgrid(y, x, indexing="ij")
+    ``f = 1 .. frequencies``, with x and y in [0, 1] (:func:`patch_centres`). The same for any
+    grid size, so a readout that reads them works at any input size."""
+    centres = patch_centres(rows, cols)
     angles = torch.pi * torch.arange(1, frequencies + 1, dtype=torch.float32)
-    phases = torch.cat([xx.reshape(-1, 1) * angles, yy.reshape(-1, 1) * angles], dim=1)
+    phases = torch.cat([centres[:, :1] * angles, centres[:, 1:] * angles], dim=1)
     return torch.cat([phases.sin(), phases.cos()], dim=1)
 
 
