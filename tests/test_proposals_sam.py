@@ -587,6 +587,45 @@ def test_auto_uses_sam_only_when_its_checkpoint_is_cached(monkeypatch, tiny_sam_
     assert asked and all(local for _, local in asked)  # never a download
 
 
+def _cache_holding(monkeypatch, tmp_path, folder, repos):
+    """A Hub cache in which only ``repos`` are present (as ``folder``)."""
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    _offline_empty_cache(monkeypatch, tmp_path)
+
+    def cached(repo_id, **kwargs):
+        assert kwargs.get("local_files_only"), "auto must never download"
+        if repo_id not in repos:
+            raise LocalEntryNotFoundError(f"{repo_id} is not cached")
+        return str(folder)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", cached)
+
+
+def test_auto_takes_the_cheapest_cached_model_and_a_16_grid_on_cpu(
+    monkeypatch, tiny_sam_dir, tmp_path
+):
+    from refseg.proposals import create_proposals
+    from refseg.proposals.auto import auto_sam_choice
+
+    repos = {"facebook/sam-vit-base", "Zigeng/SlimSAM-uniform-77"}
+    _cache_holding(monkeypatch, tmp_path, tiny_sam_dir, repos)
+    name, _, defaults = auto_sam_choice("cpu")
+    assert name == "slimsam-77" and defaults == {"points_per_side": 16}
+    # On a GPU: the reference's sam-vit-base and SAM's own grid (nothing is loaded here).
+    assert auto_sam_choice("cuda")[0::2] == ("sam-vit-base", {})
+    generator = create_proposals("auto", device="cpu")
+    assert isinstance(generator, SamProposals) and generator.config.points_per_side == 16
+    given = create_proposals("auto", device="cpu", points_per_side=7)
+    assert given.config.points_per_side == 7  # what the caller says wins
+
+    _cache_holding(monkeypatch, tmp_path, tiny_sam_dir, {"facebook/sam-vit-huge"})
+    assert auto_sam_choice("cpu")[0] == "sam-vit-huge"  # any cached model beats superpixels
+    _cache_holding(monkeypatch, tmp_path, tiny_sam_dir, set())
+    assert auto_sam_choice("cpu") is None
+
+
 def test_slimsam_names_point_at_their_hub_repos():
     from refseg.proposals.sam import SAM_CHECKPOINTS
 

@@ -112,8 +112,9 @@ class Segmenter(System):
     ) -> Segmenter:
         """Build from names: a CLIP name or path, a proposal generator name or JSON file.
 
-        ``proposals="auto"`` uses SAM when transformers and a cached ``sam-vit-base`` are
-        available, else the weight-free superpixel generator. A parameter left ``None``
+        ``proposals="auto"`` uses a cached SAM-family model sized for the device when
+        transformers is installed (:mod:`refseg.proposals.auto`), else the weight-free
+        superpixel generator. A parameter left ``None``
         takes the CLIP's recommended value (its ``recommended.json``, see
         :mod:`refseg.clip.recommended`; the shipped shapes models: alpha 0.5, pixels clean),
         else the paper's default. ``value_sources`` names who chose values given here
