@@ -374,3 +374,19 @@ def test_metadata_declaring_a_huge_model_allocates_nothing(tmp_path):
     save_file(state, str(path), metadata=metadata)
     with pytest.raises(CheckpointFormatError, match="shape"):
         load_risclip(path)
+
+
+def test_image_size_is_bounded_and_chosen_in_stage1_only(shapes_root, tmp_path, capsys):
+    from refseg.cli import main
+
+    assert preset("shapes", image_size=224).image_size == 224
+    with pytest.raises(InputError, match="<= 2048"):
+        preset("shapes", image_size=10**6)  # refused before a grid is allocated
+    common = ["train", "risclip", "--preset", "shapes", "--dataset", str(shapes_root),
+              "--name", "shapesref", "--out", str(tmp_path / "out")]
+    assert main([*common, "--stage", "1", "--image-size", "1000000"]) == 2
+    assert "image_size must be <= 2048" in capsys.readouterr().err
+    stage2 = [*common, "--stage", "2", "--init", str(tmp_path), "--image-size", "224"]
+    assert main(stage2) == 2
+    assert "stage-1 choice" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -13,6 +13,7 @@ import argparse
 from pathlib import Path
 
 from refseg.commands.dataset_options import add_dataset_arguments, resolve_dataset_arguments
+from refseg.errors import InputError
 from refseg.risclip.config import PRESETS, preset
 
 
@@ -43,6 +44,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "--epochs", type=float, help="epochs when --steps is not given (default: the preset's)"
     )
     parser.add_argument("--lr", type=float, help="AdamW learning rate (default: the preset's)")
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        metavar="PX",
+        help="stage 1: square input side; the CLIP's positional table is interpolated to the "
+        "grid (default: the preset's; stage 2 runs at its stage-1 checkpoint's)",
+    )
     parser.add_argument(
         "--val-limit", type=int, default=500, help="val expressions scored (default: 500)"
     )
@@ -79,6 +87,10 @@ def run(args: argparse.Namespace) -> int:
         overrides["clip"] = args.clip
     if args.lr:
         overrides["lr"] = args.lr
+    if args.image_size is not None:
+        if args.stage == 2:
+            raise InputError("--image-size is a stage-1 choice: stage 2 runs at its --init's")
+        overrides["image_size"] = args.image_size
     model = preset(args.preset, **overrides)
     task = RisclipTask(
         RisclipTaskConfig(

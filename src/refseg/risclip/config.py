@@ -16,6 +16,11 @@ from typing import Any
 from refseg.errors import InputError
 
 
+# Largest input side: the side of the 2048x2048 pixel cap. Beyond it a typo (an extra zero)
+# would allocate a patch grid's attention quadratic in the side before any error.
+MAX_IMAGE_SIZE = 2048
+
+
 @dataclass(frozen=True)
 class RisclipConfig:
     """Architecture, loss and optimisation settings of one RISCLIP model.
@@ -76,6 +81,11 @@ class RisclipConfig:
         for name, value in positive.items():
             if int(value) < 1:
                 raise InputError(f"RISCLIP {name} must be >= 1; got {value}")
+        if int(self.image_size) > MAX_IMAGE_SIZE:
+            raise InputError(
+                f"RISCLIP image_size must be <= {MAX_IMAGE_SIZE} (the pixel cap's side); "
+                f"got {self.image_size}"
+            )
         if self.cfe_width % self.cfe_heads:
             raise InputError(f"cfe_width {self.cfe_width} is not divisible by {self.cfe_heads}")
         if self.ske_layers < 0 or min(self.decoder_widths) < 1 or len(self.decoder_widths) != 4:
