@@ -15,7 +15,6 @@ from typing import Any
 
 from refseg.errors import InputError
 
-
 # Largest input side: the side of the 2048x2048 pixel cap. Beyond it a typo (an extra zero)
 # would allocate a patch grid's attention quadratic in the side before any error.
 MAX_IMAGE_SIZE = 2048
