@@ -40,9 +40,9 @@ def samples(root: Path, split: str, clip, size: int, limit: int | None) -> Expre
     return ExpressionSamples(dataset, clip.tokenizer, clip.config.preprocess, size, limit=limit)
 
 
-def grounding_only(clip, val: ExpressionSamples) -> tuple[Risclip, float]:
-    """The untrained model with the cosine threshold of best val mIoU."""
-    config = preset("shapes").ablated(
+def grounding_only(clip, val: ExpressionSamples, size: int) -> tuple[Risclip, float]:
+    """The untrained model at ``size`` px with the cosine threshold of best val mIoU."""
+    config = preset("shapes", image_size=size).ablated(
         use_adapters=False, use_cfe=False, use_ske=False, use_decoder=False
     )
     model = Risclip(clip.model, config, clip.tokenizer.eot_id).eval()
@@ -79,23 +79,32 @@ def main() -> None:
     torch.set_num_threads(1)
 
     clip = load_clip(preset("shapes").clip, device="cpu")
-    size = preset("shapes").image_size
-    test = samples(args.test_root, args.test_split, clip, size, None)
+    labels = {"adapters": "+ adapters", "cfe": "+ CFE", "ske": "+ SKE", "decoder": "+ decoder"}
+    trained = {step: load_risclip(getattr(args, step), clip=clip)[0] for step in labels}
+    # The untrained row runs at the full model's input size, as the trained rows do at theirs.
+    size = trained["decoder"].config.image_size
+    test_at = {}  # test samples per input size
+
+    def test_samples(side: int) -> ExpressionSamples:
+        if side not in test_at:
+            test_at[side] = samples(args.test_root, args.test_split, clip, side, None)
+        return test_at[side]
+
     val = samples(args.val_root, "val", clip, size, args.val_limit)
     results: dict[str, MetricsResult] = {}
     start = time.time()
-    model, tau = grounding_only(clip, val)
+    model, tau = grounding_only(clip, val, size)
     names = {"grounding": f"grounding only (untrained; cos > {tau:g}, chosen on val)"}
-    results["grounding"] = evaluate_samples(model, test)
-    labels = {"adapters": "+ adapters", "cfe": "+ CFE", "ske": "+ SKE", "decoder": "+ decoder"}
+    results["grounding"] = evaluate_samples(model, test_samples(size))
     for step, label in labels.items():
         # each checkpoint carries the threshold of best val mIoU, chosen when it was saved
-        trained, _ = load_risclip(getattr(args, step), clip=clip)
-        threshold = trained.config.threshold
+        model = trained[step]
+        threshold = model.config.threshold
         shipped = " (risclip-shapes)" if step == "decoder" else ""
         names[step] = f"{label}{shipped}, p > {threshold:g}"
-        results[step] = evaluate_samples(trained, test)
+        results[step] = evaluate_samples(model, test_samples(model.config.image_size))
         print(row(names[step], results[step]), flush=True)
+    test = test_samples(size)
     header = "| RISCLIP row | mIoU | oIoU | " + " | ".join(f"{k} mIoU / oIoU" for k in KINDS)
     lines = [header + " |", "|---|---:|---:|" + "---:|" * len(KINDS)]
     lines += [row(names[k], results[k]) for k in results]
