@@ -624,6 +624,8 @@ def test_auto_takes_the_cheapest_cached_model_and_a_16_grid_on_cpu(
     assert auto_sam_choice("cpu")[0] == "sam-vit-huge"  # any cached model beats superpixels
     _cache_holding(monkeypatch, tmp_path, tiny_sam_dir, set())
     assert auto_sam_choice("cpu") is None
+    with pytest.raises(InputError, match="unknown device 'bogus'"):
+        auto_sam_choice("bogus")
 
 
 def test_slimsam_names_point_at_their_hub_repos():

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from refseg.errors import InputError
 from refseg.proposals.base import ProposalGenerator, register_proposals
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,10 @@ AUTO_CPU_POINTS_PER_SIDE = 16
 def auto_device(device: str | torch.device | None) -> torch.device:
     """Where SAM would run: the given device, else CUDA when available, else CPU."""
     if device is not None:
-        return torch.device(device)
+        try:
+            return torch.device(device)
+        except (RuntimeError, TypeError) as exc:
+            raise InputError(f"unknown device {device!r}: {exc}") from None
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
