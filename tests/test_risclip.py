@@ -376,7 +376,9 @@ def test_metadata_declaring_a_huge_model_allocates_nothing(tmp_path):
         load_risclip(path)
 
 
-def test_image_size_is_bounded_and_chosen_in_stage1_only(shapes_root, tmp_path, capsys):
+def test_image_size_is_bounded_and_chosen_in_stage1_only(
+    small_clip, shapes_root, tmp_path, capsys
+):
     from refseg.cli import main
 
     assert preset("shapes", image_size=224).image_size == 224
@@ -386,6 +388,8 @@ def test_image_size_is_bounded_and_chosen_in_stage1_only(shapes_root, tmp_path, 
               "--name", "shapesref", "--out", str(tmp_path / "out")]
     assert main([*common, "--stage", "1", "--image-size", "1000000"]) == 2
     assert "image_size must be <= 2048" in capsys.readouterr().err
+    with pytest.raises(InputError, match="smaller than one"):
+        Risclip(small_clip.model, TINY.ablated(image_size=1), small_clip.tokenizer.eot_id)
     stage2 = [*common, "--stage", "2", "--init", str(tmp_path), "--image-size", "224"]
     assert main(stage2) == 2
     assert "stage-1 choice" in capsys.readouterr().err

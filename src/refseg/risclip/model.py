@@ -59,6 +59,11 @@ class Risclip(nn.Module):
         super().__init__()
         if not isinstance(clip.visual, VisionTransformer):
             raise InputError("RISCLIP needs a ViT CLIP (patch tokens); got a ResNet image tower")
+        if config.image_size < clip.visual.patch_size:
+            raise InputError(
+                f"RISCLIP image_size {config.image_size} is smaller than one "
+                f"{clip.visual.patch_size}-pixel patch of this CLIP"
+            )
         self.config = config
         self.eot_id = int(eot_id)
         self.clip = clip
