@@ -16,6 +16,7 @@ training dataset's **val** split (best mIoU) and reported.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 from pathlib import Path
@@ -83,12 +84,10 @@ def main() -> None:
     trained = {step: load_risclip(getattr(args, step), clip=clip)[0] for step in labels}
     # The untrained row runs at the full model's input size, as the trained rows do at theirs.
     size = trained["decoder"].config.image_size
-    test_at = {}  # test samples per input size
 
+    @functools.cache  # test samples built once per input size
     def test_samples(side: int) -> ExpressionSamples:
-        if side not in test_at:
-            test_at[side] = samples(args.test_root, args.test_split, clip, side, None)
-        return test_at[side]
+        return samples(args.test_root, args.test_split, clip, side, None)
 
     val = samples(args.val_root, "val", clip, size, args.val_limit)
     results: dict[str, MetricsResult] = {}

@@ -628,6 +628,13 @@ def test_auto_takes_the_cheapest_cached_model_and_a_16_grid_on_cpu(
         auto_sam_choice("bogus")
 
 
+def test_auto_orders_list_every_sam_name_once():
+    from refseg.proposals.auto import AUTO_SAM_ORDER_CPU, AUTO_SAM_ORDER_GPU
+    from refseg.proposals.sam import SAM_CHECKPOINTS
+
+    assert sorted(AUTO_SAM_ORDER_CPU) == sorted(AUTO_SAM_ORDER_GPU) == sorted(SAM_CHECKPOINTS)
+
+
 def test_slimsam_names_point_at_their_hub_repos():
     from refseg.proposals.sam import SAM_CHECKPOINTS
 
